@@ -1,0 +1,81 @@
+"""How arrays are handled.
+
+A backend gives update rules their array operations (``ops``), reads gradients,
+writes parameters and state, and decides how a step is executed (a loop of
+tensor operations on PyTorch, one jit-compiled function on JAX).  Backends
+never know which algorithm they run: they receive its rule as a function.
+
+Both backends implement the same small protocol (see :class:`Backend`).  They
+are imported lazily, so a PyTorch user never pays for importing JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable, Protocol
+
+NAMES = ("torch", "jax")
+
+
+class Backend(Protocol):
+    """What the :class:`optimizers.Optimizer` base class needs from a backend."""
+
+    name: str
+    ops: Any  # namespace of array operations the update rules are written with
+
+    def collect_params(self, params: Any, *, allow_non_leaf: bool) -> tuple[list, list[str] | None, Any]:
+        """A group's ``"params"`` entry -> (parameter objects, names or None, structure)."""
+
+    def value(self, param: Any) -> Any:
+        """The current array of a parameter object."""
+
+    def assemble(self, structure: Any, values: list) -> Any:
+        """Rebuild a group's parameters, in the structure the user gave them."""
+
+    def run_closure(self, closure: Callable, params: Any) -> tuple[Any, Any]:
+        """Evaluate a step closure -> (loss, gradients or None when they are already on ``.grad``)."""
+
+    def match_gradients(self, grads: Any, structure: Any, params: list) -> list:
+        """Gradients given to ``step`` -> one per parameter (None: no gradient), validated."""
+
+    def zero_grad(self, param: Any, set_to_none: bool) -> None:
+        """Clear a parameter's gradient."""
+
+    def apply(self, rule: Callable, work: list, state: dict) -> None:
+        """Run ``rule`` for every (group, scalars, params) in ``work`` and write the results."""
+
+    def load_state_value(self, value: Any, param: Any, key: Any, group: Mapping) -> Any:
+        """Turn one saved state value into this backend's array, cast like torch.optim does."""
+
+
+def get(name: str) -> Backend:
+    """The backend called ``name`` ("torch" or "jax")."""
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    return importlib.import_module(f"backends.{name}_backend").BACKEND
+
+
+def infer(params: Any) -> str | None:
+    """The backend the first array found in ``params`` belongs to, or None if there is none.
+
+    A JAX array can only exist once ``jax`` is imported, so inference never imports it.
+    """
+    for leaf in _leaves(params):
+        if "torch" in sys.modules and isinstance(leaf, sys.modules["torch"].Tensor):
+            return "torch"
+        if "jax" in sys.modules and isinstance(leaf, sys.modules["jax"].Array):
+            return "jax"
+    return None
+
+
+def _leaves(tree: Any):
+    if isinstance(tree, Mapping):
+        # A param-group dict: its parameters decide, not a tensor-valued hyperparameter.
+        yield from _leaves(tree["params"] if "params" in tree else list(tree.values()))
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _leaves(item)
+    else:
+        yield tree

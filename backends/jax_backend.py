@@ -1,0 +1,215 @@
+"""The JAX backend: parameters are pytrees of JAX arrays; a whole step is one jit-compiled function.
+
+Each leaf of a parameter pytree becomes a :class:`Param`, a handle with an
+identity, so torch.optim's bookkeeping (``state`` keyed by parameter,
+``param_groups``, ``state_dict``) applies unchanged.  The rule for every leaf
+of every group is traced into one program.  The switches a rule branches on
+(bools, strings, None) are compiled in; every numeric hyperparameter enters as
+a weakly-typed scalar argument, so changing a learning rate never recompiles
+and never changes a parameter's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Param:
+    """One leaf of a parameter pytree: its current value, its gradient, and where it sits."""
+
+    __slots__ = ("value", "grad", "path")
+
+    def __init__(self, value: jax.Array, path: str):
+        self.value = value
+        self.grad = None
+        self.path = path
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def __repr__(self) -> str:
+        return f"Param({self.path}, shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class JaxOps:
+    """The array operations update rules use, on JAX arrays (inside jit)."""
+
+    @staticmethod
+    def add(x, y, alpha=1.0):
+        """x + alpha * y, rounded as torch's add-with-alpha kernel rounds it.
+
+        torch computes fma(alpha, y, x).  Written product-first, XLA's CPU code
+        generator contracts this product (and not one inside ``x``, such as
+        SGD's ``buffer * momentum``) into the fused multiply-add, so the two
+        backends agree bit for bit; ``x + alpha * y`` contracts the wrong one.
+        """
+        return alpha * y + x
+
+
+class JaxBackend:
+    name = "jax"
+    ops = JaxOps
+
+    def param_groups(self, params: Any) -> tuple[list[dict], bool]:
+        # A list of per-layer dicts is a common pytree; only dicts with "params" are groups.
+        if isinstance(params, (list, tuple)) and params and isinstance(params[0], Mapping) and "params" in params[0]:
+            return list(params), True
+        if not jax.tree_util.tree_leaves(params):
+            raise ValueError("optimizer got an empty parameter list")
+        return [{"params": params}], False
+
+    def collect_params(self, params: Any, *, allow_non_leaf: bool) -> tuple[list, None, Any]:
+        if isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but "
+                "the ordering of arrays in sets will change between runs. Please use a list instead."
+            )
+        leaves, structure = jax.tree_util.tree_flatten_with_path(params)
+        handles = []
+        for path, leaf in leaves:
+            where = _where(path)
+            if not isinstance(leaf, (jax.Array, np.ndarray)):
+                raise TypeError(
+                    f"optimizer can only optimize JAX arrays, but the parameter at {where} is "
+                    f"{type(leaf).__module__}.{type(leaf).__qualname__}"
+                )
+            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                raise TypeError(
+                    f"optimizer can only optimize floating-point or complex arrays, but the parameter "
+                    f"at {where} has dtype {leaf.dtype}"
+                )
+            handles.append(Param(jnp.asarray(leaf), where))
+        return handles, None, structure
+
+    def value(self, param: Param) -> jax.Array:
+        return param.value
+
+    def assemble(self, structure: Any, values: list) -> Any:
+        return jax.tree_util.tree_unflatten(structure, values)
+
+    def run_closure(self, closure: Callable, params: Any) -> tuple[Any, Any]:
+        result = closure(params)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise TypeError(
+                "a closure on the JAX backend must return (loss, grads), as jax.value_and_grad(loss_fn) "
+                f"does, but it returned {type(result).__name__}"
+            )
+        return result
+
+    def match_gradients(self, grads: Any, structure: Any, params: list) -> list:
+        found, found_structure = jax.tree_util.tree_flatten_with_path(grads, is_leaf=lambda x: x is None)
+        if found_structure != structure:
+            expected = [p.path for p in params]
+            given = [_where(path) for path, _ in found]
+            missing = [w for w in expected if w not in given]
+            unexpected = [w for w in given if w not in expected]
+            detail = "; ".join(
+                part
+                for part in (
+                    f"no gradient at {', '.join(missing)}" if missing else "",
+                    f"unexpected gradient at {', '.join(unexpected)}" if unexpected else "",
+                )
+                if part
+            ) or f"expected the structure {structure}, got {found_structure}"
+            raise ValueError(f"gradients do not match the parameters' tree: {detail}")
+        return [_checked_gradient(grad, param) for (_, grad), param in zip(found, params)]
+
+    def zero_grad(self, param: Param, set_to_none: bool) -> None:
+        if param.grad is not None:
+            param.grad = None if set_to_none else jnp.zeros_like(param.grad)
+
+    def apply(self, rule: Callable, work: list, state: dict) -> None:
+        switches, coefficients, values, grads, states = [], [], [], [], []
+        for _, scalars, params in work:
+            switches.append(tuple(sorted((k, v) for k, v in scalars.items() if _is_switch(v))))
+            coefficients.append({k: v for k, v in scalars.items() if not _is_switch(v)})
+            values.append([p.value for p in params])
+            grads.append([p.grad for p in params])
+            states.append([state.get(p, {}) for p in params])
+        new_values, new_states = _step(rule, tuple(switches), coefficients, values, grads, states)
+        for (_, _, params), group_values, group_states in zip(work, new_values, new_states):
+            for param, value, param_state in zip(params, group_values, group_states):
+                param.value = value
+                if param_state:
+                    state[param] = param_state
+
+    def load_state_value(self, value: Any, param: Param, key: Any, group: Mapping) -> jax.Array:
+        array = value if isinstance(value, jax.Array) else _owned_copy(value)
+        if key == "step":
+            if group.get("capturable", False) or group.get("fused", False):
+                return array.astype(jnp.float32)
+            return array
+        if jnp.issubdtype(param.dtype, jnp.inexact):
+            return array.astype(param.dtype)
+        return array
+
+
+def _owned_copy(value: Any) -> jax.Array:
+    """A JAX array of another framework's array, never sharing its memory (that one may be mutated)."""
+    if hasattr(value, "detach"):  # a torch tensor: export through DLPack, which knows bfloat16
+        value = value.detach().contiguous()
+    return jnp.array(jnp.from_dlpack(value), copy=True)
+
+
+def _is_switch(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, str))
+
+
+def _where(path) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def _checked_gradient(grad: Any, param: Param) -> jax.Array | None:
+    if grad is None:
+        return None
+    if not isinstance(grad, jax.Array):
+        try:
+            grad = jnp.asarray(grad)
+        except TypeError as error:
+            raise TypeError(f"gradient at {param.path} is not an array: {error}") from None
+    if grad.shape != param.shape:
+        raise ValueError(
+            f"gradient at {param.path} has shape {tuple(grad.shape)}, but the parameter has shape {tuple(param.shape)}"
+        )
+    complex_param = jnp.issubdtype(param.dtype, jnp.complexfloating)
+    allowed = jnp.inexact if complex_param else jnp.floating
+    if not jnp.issubdtype(grad.dtype, allowed):
+        raise TypeError(
+            f"gradient at {param.path} has dtype {grad.dtype}, but the parameter has dtype {param.dtype}: "
+            f"a gradient must be {'floating-point or complex' if complex_param else 'floating-point'}"
+        )
+    return grad if grad.dtype == param.dtype else grad.astype(param.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _step(rule, switches, coefficients, values, grads, states):
+    new_values, new_states = [], []
+    for group_switches, group_coefficients, group_values, group_grads, group_states in zip(
+        switches, coefficients, values, grads, states
+    ):
+        scalars = SimpleNamespace(**dict(group_switches), **group_coefficients)
+        out_values, out_states = [], []
+        for value, grad, param_state in zip(group_values, group_grads, group_states):
+            new_value, new_state = rule(JaxOps, value, grad, param_state, scalars)
+            out_values.append(new_value.astype(value.dtype))
+            out_states.append(
+                {k: v.astype(param_state[k].dtype) if k in param_state else v for k, v in new_state.items()}
+            )
+        new_values.append(out_values)
+        new_states.append(out_states)
+    return new_values, new_states
+
+
+BACKEND = JaxBackend()

@@ -1,0 +1,141 @@
+"""The PyTorch backend: rules run as tensor operations and land in place on the user's tensors.
+
+Parameters and state tensors keep their identity across steps (results are
+``copy_``-ed into them), as with torch.optim, so code that holds a reference
+to a parameter or a state tensor sees it change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import torch
+
+
+class TorchOps:
+    """The array operations update rules use, on torch tensors.
+
+    Each mirrors the torch kernel torch.optim's single-tensor path calls, so a
+    rule reproduces torch.optim bit for bit on this backend.
+    """
+
+    @staticmethod
+    def add(x, y, alpha=1.0):
+        """x + alpha * y, in torch's fused add-with-alpha kernel."""
+        return torch.add(x, y, alpha=alpha)
+
+
+class TorchBackend:
+    name = "torch"
+    ops = TorchOps
+
+    def param_groups(self, params: Any) -> tuple[list[dict], bool]:
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if isinstance(groups[0], dict):
+            return groups, True
+        return [{"params": groups}], False
+
+    def collect_params(self, params: Any, *, allow_non_leaf: bool) -> tuple[list, list[str] | None, None]:
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but "
+                "the ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        tensors, names = [], []
+        for param in params:
+            if isinstance(param, tuple):  # from named_parameters()
+                names.append(param[0])
+                param = param[1]
+            tensors.append(param)
+        if names and len(names) != len(tensors):
+            raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+        for param in tensors:
+            if not isinstance(param, torch.Tensor):
+                raise TypeError(
+                    "optimizer can only optimize Tensors, but one of the params is " + torch.typename(param)
+                )
+            if not allow_non_leaf and not (param.is_leaf or param.retains_grad):
+                raise ValueError("can't optimize a non-leaf Tensor")
+        return tensors, names or None, None
+
+    def value(self, param: torch.Tensor) -> torch.Tensor:
+        return param
+
+    def assemble(self, structure: None, values: list) -> list:
+        return list(values)
+
+    def run_closure(self, closure: Callable, params: Any) -> tuple[Any, None]:
+        with torch.enable_grad():
+            return closure(), None
+
+    def match_gradients(self, grads: Any, structure: None, params: list) -> list:
+        raise TypeError(
+            "the torch backend reads gradients from each parameter's .grad: step() takes only a "
+            f"closure, but got {torch.typename(grads)}"
+        )
+
+    def zero_grad(self, param: torch.Tensor, set_to_none: bool) -> None:
+        if param.grad is None:
+            return
+        if set_to_none:
+            param.grad = None
+            return
+        if param.grad.grad_fn is not None:
+            param.grad.detach_()
+        else:
+            param.grad.requires_grad_(False)
+        param.grad.zero_()
+
+    def apply(self, rule: Callable, work: list, state: dict) -> None:
+        for group, scalars, params in work:
+            scalars = SimpleNamespace(**scalars)
+            with torch.set_grad_enabled(bool(group.get("differentiable", False))):
+                for param in params:
+                    held = state.get(param, {})
+                    new_param, new_state = rule(TorchOps, param, param.grad, held, scalars)
+                    if new_param is not param:
+                        param.copy_(new_param)
+                    _write_state(held, new_state)
+                    if held and param not in state:
+                        state[param] = held
+
+    def load_state_value(self, value: Any, param: torch.Tensor, key: Any, group: Mapping) -> torch.Tensor:
+        # The same casting policy as torch.optim's load_state_dict: state follows the
+        # parameter's floating dtype and device, except the step count.
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value).clone()
+        if key == "step":
+            if group.get("capturable", False) or group.get("fused", False):
+                return tensor.to(dtype=torch.float32, device=param.device)
+            return tensor
+        if param.is_floating_point():
+            return tensor.to(dtype=param.dtype, device=param.device)
+        return tensor.to(device=param.device)
+
+
+def _write_state(held: dict, new_state: Mapping) -> None:
+    """Update a parameter's state dict in place, keeping existing tensors' identity."""
+    for key, value in new_state.items():
+        current = held.get(key)
+        if current is value:
+            continue
+        if (
+            isinstance(current, torch.Tensor)
+            and isinstance(value, torch.Tensor)
+            and current.shape == value.shape
+            and current.layout == value.layout == torch.strided
+        ):
+            current.copy_(value)
+        elif isinstance(value, torch.Tensor):
+            # A new entry may be the gradient itself (SGD's first momentum buffer): own a copy.
+            held[key] = value.detach().clone()
+        else:
+            held[key] = value
+
+
+BACKEND = TorchBackend()

@@ -1,0 +1,292 @@
+"""The one Optimizer class: torch.optim's bookkeeping, with the array work handed to a backend."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from copy import deepcopy
+from itertools import chain
+from typing import Any, Callable
+
+import torch
+from torch.optim.optimizer import required
+
+import backends
+
+__all__ = ["Optimizer", "required"]
+
+
+class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
+    """Base class of every optimizer, on either backend.
+
+    It is a :class:`torch.optim.Optimizer`, so schedulers, ``GradScaler`` and
+    other torch code accept it, and it keeps torch.optim's public contract:
+    ``param_groups``, ``state`` (keyed by parameter), ``state_dict`` /
+    ``load_state_dict`` in torch.optim's format, step and state-dict hooks,
+    ``zero_grad`` and ``add_param_group``.
+
+    An algorithm is a subclass that validates its hyperparameters and defines
+    two functions, written once for both backends:
+
+    ``scalars(group) -> dict``
+        Runs on the host, in Python float64, at every step: the values the rule
+        reads from a param group.  Bools, strings and None are *switches* (they
+        select the rule's branches and are compiled into a JAX program); numbers
+        are *coefficients* (data: a schedule changing them never recompiles).
+        Scalar arithmetic such as ``1 - dampening`` belongs here, so both
+        backends round it the same way torch.optim does.
+
+    ``update(ops, param, grad, state, h) -> (param, state)``
+        The rule for one parameter, pure: it returns the new parameter and its
+        new state dict and mutates nothing.  ``h`` holds ``scalars(group)`` as
+        attributes; ``ops`` holds the backend's array operations.
+
+    The backend is inferred from the parameters (torch tensors -> ``"torch"``,
+    JAX arrays -> ``"jax"``) or forced with ``backend=``.
+
+    On the JAX backend ``params`` is a pytree of arrays (or a list of group
+    dicts whose ``"params"`` are pytrees); :attr:`params` returns the current
+    values in that structure.  ``step(grads)`` takes gradients shaped like
+    :attr:`params` (``None`` for a leaf that got no gradient: its value and
+    state stay as they are); ``step(closure=f)`` takes ``f(params) -> (loss,
+    grads)``.  Gradients given to ``step`` are held on each leaf's ``.grad``, as
+    torch leaves them after ``backward()``: ``step()`` with no argument reuses
+    them, and ``zero_grad()`` clears them (``set_to_none=False`` makes them
+    zeros, which -- unlike None -- still step the parameter).
+    """
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, backend: str | None = None) -> None:
+        if isinstance(params, torch.Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                "but got " + torch.typename(params)
+            )
+        if isinstance(params, Iterator):  # e.g. model.parameters(): read it once
+            params = list(params)
+        self._backend = backends.get(backend if backend is not None else backends.infer(params) or "torch")
+        # torch's own __setstate__ creates the hook registries and wraps step() with them.
+        super().__setstate__({"defaults": defaults, "state": defaultdict(dict), "param_groups": []})
+        self._structures: list[Any] = []
+        groups, self._grouped = self._backend.param_groups(params)
+        for group in groups:
+            self.add_param_group(group)
+
+    # -- what an algorithm defines ------------------------------------------------
+
+    @staticmethod
+    @abc.abstractmethod
+    def scalars(group: dict[str, Any]) -> dict[str, Any]:
+        """The switches and coefficients the rule reads from ``group`` (host side, float64)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def update(ops: Any, param: Any, grad: Any, state: dict[str, Any], h: Any) -> tuple[Any, dict[str, Any]]:
+        """The update rule for one parameter: ``(new_param, new_state)``."""
+
+    # -- parameters -------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend this optimizer runs on: ``"torch"`` or ``"jax"``."""
+        return self._backend.name
+
+    @property
+    def params(self) -> Any:
+        """The current parameters, in the structure they were given in.
+
+        One pytree (torch: one list) when the optimizer was built from one;
+        otherwise a list with one per param group.
+        """
+        trees = [
+            self._backend.assemble(structure, [self._backend.value(p) for p in group["params"]])
+            for group, structure in zip(self.param_groups, self._structures)
+        ]
+        return trees[0] if self._single_tree else trees
+
+    @property
+    def _single_tree(self) -> bool:
+        return not self._grouped and len(self.param_groups) == 1
+
+    @torch._disable_dynamo
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (e.g. layers unfrozen during fine-tuning), as torch.optim does."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        params, names, structure = self._backend.collect_params(
+            param_group["params"], allow_non_leaf=bool(self.defaults.get("differentiable"))
+        )
+        param_group["params"] = params
+        if names is not None:
+            param_group["param_names"] = names
+        for name, default in self.defaults.items():
+            if default is required and name not in param_group:
+                raise ValueError(
+                    f"parameter group didn't specify a value of required optimization parameter {name}"
+                )
+            param_group.setdefault(name, default)
+        if len(params) != len(set(params)):
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; "
+                "in future, this will cause an error; "
+                "see github.com/pytorch/pytorch/issues/40967 for more information",
+                stacklevel=3,
+            )
+        taken: set = set()
+        for group in self.param_groups:
+            taken.update(group["params"])
+            if ("param_names" in param_group) != ("param_names" in group):
+                which = "with names" if "param_names" in param_group else "without names"
+                raise ValueError(
+                    "all optimizer param groups should be with/without names. "
+                    f"cannot add param group {which} to the optimizer"
+                )
+        if not taken.isdisjoint(params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(param_group)
+        self._structures.append(structure)
+
+    # -- stepping ---------------------------------------------------------------------
+
+    def step(self, closure: Callable | Any = None) -> Any:
+        """Perform one optimization step and return the closure's loss (None without one).
+
+        Args:
+            closure: on torch, a callable that re-evaluates the model and returns
+                the loss.  On JAX, either a callable ``f(params) -> (loss, grads)``
+                or the gradients themselves, shaped like :attr:`params`.
+        """
+        loss, grads = None, closure
+        if callable(closure):
+            loss, grads = self._backend.run_closure(closure, self.params)
+        if grads is not None:
+            self._receive_gradients(grads)
+        work = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                work.append((group, self.scalars(group), params))
+        if work:
+            self._backend.apply(self.update, work, self.state)
+        return loss
+
+    def _receive_gradients(self, grads: Any) -> None:
+        """Validate gradients for every group, then hold them on the parameters (all or nothing)."""
+        trees = [grads] if self._single_tree else grads
+        if not self._single_tree and (not isinstance(trees, (list, tuple)) or len(trees) != len(self.param_groups)):
+            raise ValueError(
+                f"expected a list of {len(self.param_groups)} gradient trees, one per param group, "
+                f"but got {type(grads).__name__}"
+            )
+        matched = [
+            self._backend.match_gradients(tree, structure, group["params"])
+            for tree, structure, group in zip(trees, self._structures, self.param_groups)
+        ]
+        for group, group_grads in zip(self.param_groups, matched):
+            for param, grad in zip(group["params"], group_grads):
+                param.grad = grad
+
+    @torch._disable_dynamo
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of all parameters (to None, or to zeros with ``set_to_none=False``)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                self._backend.zero_grad(param, set_to_none)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    @torch._disable_dynamo
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state in torch.optim's format.
+
+        ``{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}``,
+        parameters numbered in group order.  State values are this backend's arrays;
+        :meth:`load_state_dict` of either backend accepts either kind.
+        """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        index: dict[int, int] = {}
+        for param in chain.from_iterable(g["params"] for g in self.param_groups):
+            index.setdefault(id(param), len(index))
+        packed_groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+            for g in self.param_groups
+        ]
+        packed_state = {index.get(id(param), param): value for param, value in self.state.items()}
+        state_dict = {"state": packed_state, "param_groups": packed_groups}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    @torch._disable_dynamo
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict written by :meth:`state_dict` of either backend, or by torch.optim.
+
+        Parameters are matched by order.  State arrays are converted to this
+        backend and cast like torch.optim casts them (floating state to the
+        parameter's dtype; ``step`` left alone).  Flags missing from a state dict
+        written before they existed take this class's defaults.  Nothing changes
+        unless the whole state dict loads.
+        """
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        groups = self.param_groups
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+            )
+        saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
+        params = list(chain.from_iterable(g["params"] for g in groups))
+        param_of = dict(zip(saved_ids, params))
+        saved_group_of = {i: s for s in state_dict["param_groups"] for i in s["params"]}
+
+        def convert(value: Any, param: Any, group: dict, key: Any = None) -> Any:
+            if hasattr(value, "__dlpack__"):  # an array of any framework
+                return self._backend.load_state_value(value, param, key, group)
+            if isinstance(value, dict):
+                return {k: convert(v, param, group, k) for k, v in value.items()}
+            if isinstance(value, Iterable) and not isinstance(value, str):
+                return type(value)(convert(v, param, group) for v in value)
+            return value
+
+        state: defaultdict = defaultdict(dict)
+        for saved_id, value in state_dict["state"].items():
+            if saved_id in param_of:
+                state[param_of[saved_id]] = convert(value, param_of[saved_id], saved_group_of[saved_id])
+            else:  # state not tied to a parameter is kept as it is, as torch.optim does
+                state[saved_id] = value
+        for group, saved in zip(groups, saved_groups):
+            saved["params"] = group["params"]
+            if "param_names" in group and "param_names" not in saved:
+                saved["param_names"] = group["param_names"]
+        self.__setstate__({"state": state, "param_groups": saved_groups})
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            **super().__getstate__(),
+            "_backend": self._backend,
+            "_structures": self._structures,
+            "_grouped": self._grouped,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A flag missing from an older checkpoint means the behaviour from before the
+        # flag existed: the class's default for it.
+        signature = inspect.signature(type(self).__init__).parameters
+        for group in self.param_groups:
+            for key in self.defaults:
+                if key not in group and key in signature and signature[key].default is not inspect.Parameter.empty:
+                    group[key] = signature[key].default

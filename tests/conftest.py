@@ -1,0 +1,42 @@
+"""Test session setup: float64 on JAX, Hypothesis profiles, and the agreement report."""
+
+import os
+
+import jax
+from hypothesis import HealthCheck, settings
+
+# float64 comparisons need 64-bit JAX; float32 cases create float32 arrays explicitly.
+jax.config.update("jax_enable_x64", True)
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.harness import REPORT
+
+    if not REPORT.rows:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("agreement between implementations (measured in this run)")
+    write(f"{'optimizer':<10} {'comparison':<22} {'dtype':<8} {'examples':>8} {'elements':>10} {'bitwise equal':>14} {'max rel err':>12}")
+    for (optimizer, pair, dtype), row in sorted(REPORT.rows.items()):
+        fraction = row.bitwise / row.elements if row.elements else 1.0
+        write(
+            f"{optimizer:<10} {pair:<22} {dtype:<8} {row.examples:>8} {row.elements:>10} "
+            f"{fraction:>13.2%} {row.max_relative_error:>12.3g}"
+        )

@@ -1,0 +1,135 @@
+"""Run one optimizer over a Problem on a backend, and measure how two runs agree.
+
+Backends: ``"torch.optim"`` (the reference), ``"torch"`` and ``"jax"`` (ours).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from tests.registry import Entry
+from tests.strategies import Problem
+
+BACKENDS = ("torch.optim", "torch", "jax")
+
+
+def to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().numpy().copy()
+    return np.array(value)
+
+
+class Run:
+    """An optimizer on one backend, fed a Problem's gradients step by step."""
+
+    def __init__(self, entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_array: bool = False):
+        self.backend, self.problem = backend, problem
+        kwargs = dict(kwargs)
+        if lr_array:  # a one-element float32 array, as users write torch.tensor(0.01)
+            lr = kwargs["lr"]
+            kwargs["lr"] = jnp.asarray(lr, jnp.float32) if backend == "jax" else torch.tensor(lr, dtype=torch.float32)
+        if backend == "jax":
+            groups = [{"params": [jnp.asarray(problem.params[i]) for i in g]} for g in problem.groups]
+            self.optimizer = entry.ours(groups, **kwargs)
+        else:
+            self.tensors = [torch.tensor(p, requires_grad=True) for p in problem.params]
+            groups = [{"params": [self.tensors[i] for i in g]} for g in problem.groups]
+            self.optimizer = (entry.reference if backend == "torch.optim" else entry.ours)(groups, **kwargs)
+        assert self.backend == "torch.optim" or self.optimizer.backend == backend
+
+    def step(self, grads: list[np.ndarray | None]) -> None:
+        if self.backend == "jax":
+            self.optimizer.step([[grads[i] for i in g] for g in self.problem.groups])
+        else:
+            for tensor, grad in zip(self.tensors, grads):
+                tensor.grad = None if grad is None else torch.tensor(grad)
+            self.optimizer.step()
+
+    def values(self) -> list[np.ndarray]:
+        if self.backend == "jax":
+            return [to_numpy(v) for group in self.optimizer.params for v in group]
+        return [to_numpy(t) for t in self.tensors]
+
+    def state(self) -> dict[int, dict[str, np.ndarray]]:
+        """Per-leaf state as NumPy arrays (state_dict indices are leaf indices: groups are contiguous)."""
+        return {
+            index: {key: to_numpy(value) for key, value in entry.items()}
+            for index, entry in self.optimizer.state_dict()["state"].items()
+        }
+
+    def trajectory(self, grads: list[list[np.ndarray | None]]) -> list[list[np.ndarray]]:
+        result = []
+        for row in grads:
+            self.step(row)
+            result.append(self.values())
+        return result
+
+    def checkpoint(self) -> dict:
+        """The state dict as it comes back from disk (torch.save/torch.load for torch tensors)."""
+        state_dict = self.optimizer.state_dict()
+        if self.backend == "jax":
+            return {
+                "state": {k: {n: np.array(v) for n, v in s.items()} for k, s in state_dict["state"].items()},
+                "param_groups": [dict(g) for g in state_dict["param_groups"]],
+            }
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+
+
+def trajectory(entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_array: bool = False):
+    return Run(entry, backend, problem, kwargs, lr_array).trajectory(problem.grads)
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """max|a - b| / max|b|: the error relative to the array's scale (0 when both are all zero)."""
+    if a.size == 0:
+        return 0.0
+    scale = np.max(np.abs(b))
+    difference = np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))
+    if difference == 0:
+        return 0.0
+    return float(difference / scale) if scale > 0 else float("inf")
+
+
+def bitwise_equal(a: np.ndarray, b: np.ndarray) -> int:
+    """How many elements of a and b have the same bit pattern."""
+    unsigned = f"u{a.dtype.itemsize}"
+    return int(np.count_nonzero(a.view(unsigned) == b.view(unsigned)))
+
+
+@dataclass
+class Agreement:
+    """Running totals for one comparison (e.g. torch vs jax in float32), for the session report."""
+
+    examples: int = 0
+    elements: int = 0
+    bitwise: int = 0
+    max_relative_error: float = 0.0
+
+
+@dataclass
+class AgreementReport:
+    rows: dict[tuple[str, str, str], Agreement] = field(default_factory=dict)
+
+    def compare(self, optimizer: str, pair: str, dtype: str, got, expected, tolerance: float) -> None:
+        """Assert two trajectories agree within ``tolerance`` (relative error) and record the figures."""
+        row = self.rows.setdefault((optimizer, pair, dtype), Agreement())
+        row.examples += 1
+        for step, (got_values, expected_values) in enumerate(zip(got, expected, strict=True)):
+            for leaf, (a, b) in enumerate(zip(got_values, expected_values, strict=True)):
+                assert a.dtype == b.dtype and a.shape == b.shape, (step, leaf, a.dtype, b.dtype, a.shape, b.shape)
+                error = relative_error(a, b)
+                row.elements += a.size
+                row.bitwise += bitwise_equal(a, b)
+                row.max_relative_error = max(row.max_relative_error, error)
+                assert error <= tolerance, f"{pair} {dtype}: step {step}, leaf {leaf}: relative error {error:.3g} > {tolerance:g}"
+
+
+REPORT = AgreementReport()

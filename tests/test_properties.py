@@ -1,0 +1,168 @@
+"""Properties every registered optimizer must have, checked on generated problems.
+
+Trajectories are compared by the relative error max|a - b| / max|b| of every
+parameter after every step.  Runs on the same backend must agree bit for bit;
+across implementations the tolerances are those of the design contract.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from tests.harness import REPORT, Run, trajectory
+from tests.registry import REGISTRY
+from tests.strategies import problems
+
+ENTRIES = list(REGISTRY.values())
+DTYPES = ["float64", "float32"]
+# Across frameworks (op order, fused multiply-add) results differ by ulps, which 20 steps may grow.
+ACROSS_FRAMEWORKS = {"float64": 1e-10, "float32": 1e-5}
+# Our torch backend runs the same torch kernels as torch.optim's single-tensor path.
+AGAINST_TORCH_OPTIM = {"float64": 1e-12, "float32": 1e-6}
+
+
+def tolerance(first: str, second: str, dtype: str) -> float:
+    if first == second:
+        return 0.0
+    if {first, second} == {"torch", "torch.optim"}:
+        return AGAINST_TORCH_OPTIM[dtype]
+    return ACROSS_FRAMEWORKS[dtype]
+
+
+def draw_case(data, entry, dtype, **problem_options):
+    problem = data.draw(problems(dtype, **problem_options), label="problem")
+    kwargs = data.draw(entry.hyperparameters, label="hyperparameters")
+    return problem, kwargs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data())
+def test_jax_backend_agrees_with_torch(entry, dtype, data):
+    problem, kwargs = draw_case(data, entry, dtype)
+    lr_array = entry.tensor_lr and data.draw(st.booleans(), label="lr as a one-element array")
+    jax_run = trajectory(entry, "jax", problem, kwargs, lr_array)
+    for reference in ("torch", "torch.optim"):
+        expected = trajectory(entry, reference, problem, kwargs, lr_array)
+        REPORT.compare(entry.name, f"jax vs {reference}", dtype, jax_run, expected, tolerance("jax", reference, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data())
+def test_torch_backend_matches_torch_optim(entry, dtype, data):
+    problem, kwargs = draw_case(data, entry, dtype)
+    lr_array = entry.tensor_lr and data.draw(st.booleans(), label="lr as a one-element array")
+    ours = trajectory(entry, "torch", problem, kwargs, lr_array)
+    expected = trajectory(entry, "torch.optim", problem, kwargs, lr_array)
+    REPORT.compare(entry.name, "torch vs torch.optim", dtype, ours, expected, tolerance("torch", "torch.optim", dtype))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data())
+def test_maximize_equals_minimizing_the_negated_gradient(entry, backend, data):
+    problem, kwargs = draw_case(data, entry, "float64")
+    maximized = trajectory(entry, backend, problem, {**kwargs, "maximize": True})
+    minimized = trajectory(entry, backend, problem.negated(), {**kwargs, "maximize": False})
+    REPORT.compare(entry.name, f"maximize ({backend})", "float64", maximized, minimized, 0.0)
+
+
+CHECKPOINT_ROUTES = [
+    ("torch", "torch"),
+    ("jax", "jax"),
+    ("torch.optim", "torch"),
+    ("torch", "torch.optim"),
+    ("torch", "jax"),
+    ("jax", "torch"),
+]
+
+
+@pytest.mark.parametrize("source, target", CHECKPOINT_ROUTES, ids=[f"{s}->{t}" for s, t in CHECKPOINT_ROUTES])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data())
+def test_checkpoint_mid_trajectory_changes_nothing(entry, source, target, data):
+    """Save after k steps, load into a fresh optimizer on ``target``, continue: the run is unchanged."""
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    problem, kwargs = draw_case(data, entry, dtype, min_steps=2)
+    split = data.draw(st.integers(1, problem.steps - 1), label="steps before the checkpoint")
+    uninterrupted = trajectory(entry, source, problem, kwargs)
+
+    first = Run(entry, source, problem, kwargs)
+    before = first.trajectory(problem.grads[:split])
+    checkpoint = first.checkpoint()
+    rest = type(problem)([v.copy() for v in first.values()], problem.grads[split:], problem.groups)
+    second = Run(entry, target, rest, kwargs)
+    second.optimizer.load_state_dict(checkpoint)
+    assert second.state().keys() == first.state().keys()
+    resumed = before + second.trajectory(rest.grads)
+    REPORT.compare(
+        entry.name, f"checkpoint {source}->{target}", dtype, resumed, uninterrupted, tolerance(source, target, dtype)
+    )
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data())
+def test_splitting_into_groups_with_equal_hyperparameters_changes_nothing(entry, backend, data):
+    problem, kwargs = draw_case(data, entry, data.draw(st.sampled_from(DTYPES), label="dtype"))
+    assume(len(problem.groups) > 1)
+    grouped = trajectory(entry, backend, problem, kwargs)
+    single = trajectory(entry, backend, problem.regrouped([list(range(len(problem.params)))]), kwargs)
+    REPORT.compare(entry.name, f"groups ({backend})", "mixed", grouped, single, 0.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data())
+def test_a_parameter_without_gradient_keeps_its_value_and_state(entry, backend, data):
+    problem, kwargs = draw_case(data, entry, data.draw(st.sampled_from(DTYPES), label="dtype"))
+    assume(any(g is None for row in problem.grads for g in row))
+    run = Run(entry, backend, problem, kwargs)
+    for row in problem.grads:
+        values, state = run.values(), run.state()
+        run.step(row)
+        new_values, new_state = run.values(), run.state()
+        for leaf, grad in enumerate(row):
+            if grad is None:
+                assert new_values[leaf].tobytes() == values[leaf].tobytes()
+                assert new_state.get(leaf, {}).keys() == state.get(leaf, {}).keys()
+                for key, value in state.get(leaf, {}).items():
+                    assert new_state[leaf][key].tobytes() == value.tobytes()
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 20))
+def test_closure_driven_training_agrees_across_backends(entry, data, seed, steps):
+    """step(closure) on torch (autograd) and on JAX (value_and_grad) follow the same path."""
+    kwargs = data.draw(entry.hyperparameters, label="hyperparameters")
+    rng = np.random.default_rng(seed)
+    start, target = rng.standard_normal(6), rng.standard_normal(6)
+    curvature = rng.uniform(0.1, 2.0, 6)
+
+    p = torch.tensor(start, requires_grad=True)
+    torch_opt = entry.ours([p], **kwargs)
+    t_target, t_curvature = torch.from_numpy(target), torch.from_numpy(curvature)
+
+    def closure():
+        torch_opt.zero_grad()
+        value = 0.5 * torch.sum(t_curvature * (p - t_target) ** 2)
+        value.backward()
+        return value
+
+    jax_opt = entry.ours(jnp.asarray(start), **kwargs)
+    value_and_grad = jax.value_and_grad(lambda q: 0.5 * jnp.sum(curvature * (q - target) ** 2))
+    torch_path, jax_path = [], []
+    for _ in range(steps):
+        torch_loss = torch_opt.step(closure)
+        jax_loss = jax_opt.step(closure=value_and_grad)
+        assert torch_loss.item() == pytest.approx(float(jax_loss), rel=1e-9, abs=1e-12)
+        torch_path.append([p.detach().numpy().copy()])
+        jax_path.append([np.asarray(jax_opt.params)])
+    REPORT.compare(entry.name, "closure torch vs jax", "float64", jax_path, torch_path, ACROSS_FRAMEWORKS["float64"])

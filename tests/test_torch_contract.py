@@ -1,0 +1,348 @@
+"""The torch.optim contract on the torch backend, checked against torch.optim itself.
+
+Expected errors, state dicts and trajectories are produced by torch.optim in
+the same test, never copied from our own output.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+import optimizers
+
+
+def model_and_data(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    inputs, targets = torch.randn(32, 5, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    return model, inputs, targets
+
+
+def train(optimizer_class, steps: int = 10, scheduler=None, seed: int = 0, **kwargs):
+    """Train a small model; return its final parameters, the optimizer and the scheduler."""
+    model, inputs, targets = model_and_data(seed)
+    optimizer = optimizer_class(model.parameters(), **kwargs)
+    schedule = scheduler(optimizer) if scheduler else None
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+        if schedule:
+            schedule.step()
+    return [p.detach().clone() for p in model.parameters()], optimizer, schedule
+
+
+def raised(call):
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the type and message are what is compared
+        return type(error), str(error)
+    return None
+
+
+def test_is_a_torch_optimizer_with_torch_signature():
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    assert isinstance(optimizers.SGD([parameter]), torch.optim.Optimizer)
+    ours = inspect.signature(optimizers.SGD.__init__).parameters
+    theirs = inspect.signature(torch.optim.SGD.__init__).parameters
+    assert [(p.name, p.kind, p.default) for p in theirs.values()] == [
+        (p.name, p.kind, p.default) for p in ours.values() if p.name != "backend"
+    ]
+    assert ours["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def _params():
+    return [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))]
+
+
+INVALID = {
+    "negative lr": lambda p: dict(params=p, lr=-0.1),
+    "tensor lr of two elements": lambda p: dict(params=p, lr=torch.tensor([0.1, 0.2])),
+    "negative tensor lr": lambda p: dict(params=p, lr=torch.tensor(-0.1)),
+    "negative momentum": lambda p: dict(params=p, momentum=-0.5),
+    "negative weight decay": lambda p: dict(params=p, weight_decay=-1e-3),
+    "nesterov without momentum": lambda p: dict(params=p, nesterov=True),
+    "nesterov with dampening": lambda p: dict(params=p, momentum=0.9, dampening=0.1, nesterov=True),
+    "fused and differentiable": lambda p: dict(params=p, fused=True, differentiable=True),
+    "fused and foreach": lambda p: dict(params=p, fused=True, foreach=True),
+    "a tensor instead of an iterable": lambda p: dict(params=p[0]),
+    "an empty parameter list": lambda p: dict(params=[]),
+    "a group whose params are a set": lambda p: dict(params=[{"params": set(p)}]),
+    "a non-tensor parameter": lambda p: dict(params=[p[0], 3.0]),
+    "a non-leaf tensor": lambda p: dict(params=[p[0] * 2]),
+    "a group without params": lambda p: dict(params=[{"lr": 0.1}]),
+    "a parameter in two groups": lambda p: dict(params=[{"params": [p[0]]}, {"params": [p[0], p[1]]}]),
+    "some names missing": lambda p: dict(params=[("a", p[0]), p[1]]),
+    "named and unnamed groups": lambda p: dict(params=[{"params": [("a", p[0])]}, {"params": [p[1]]}]),
+    "a required value missing": lambda p: dict(params=[{"params": p}], lr=optimizers.required),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_arguments_raise_what_torch_raises(case):
+    params = _params()
+    expected = raised(lambda: torch.optim.SGD(**INVALID[case](params)))
+    assert expected is not None, f"torch.optim accepted {case}"
+    assert raised(lambda: optimizers.SGD(**INVALID[case](params))) == expected
+
+
+def test_add_param_group_errors_are_torch_errors():
+    params = _params()
+    extra = torch.nn.Parameter(torch.zeros(1))
+    for bad in ("not a dict", {"params": [params[0]]}, {"params": {extra}}):
+        expected = raised(lambda: torch.optim.SGD([params[0]]).add_param_group(copy.copy(bad)))
+        assert expected is not None
+        assert raised(lambda: optimizers.SGD([params[0]]).add_param_group(copy.copy(bad))) == expected
+
+
+def test_duplicate_parameters_warn_like_torch():
+    p = torch.nn.Parameter(torch.zeros(2))
+    messages = []
+    for cls in (torch.optim.SGD, optimizers.SGD):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cls([p, p])
+        messages.append([(w.category, str(w.message)) for w in caught])
+    assert messages[0] and messages[0] == messages[1]
+
+
+SETTINGS = [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=1e-2),
+    dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+    dict(lr=torch.tensor(0.05), momentum=0.9),
+    dict(lr=0.05, momentum=0.9, foreach=True),
+    dict(lr=0.05, momentum=0.9, fused=True),
+]
+
+
+@pytest.mark.parametrize("kwargs", SETTINGS, ids=repr)
+def test_training_and_state_dict_equal_torch_optim(kwargs):
+    ours, ours_opt, _ = train(optimizers.SGD, **kwargs)
+    theirs, theirs_opt, _ = train(torch.optim.SGD, **kwargs)
+    tolerance = dict(rtol=1e-12, atol=0) if kwargs.get("foreach") or kwargs.get("fused") else dict(rtol=0, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tolerance)
+    ours_sd, theirs_sd = ours_opt.state_dict(), theirs_opt.state_dict()
+    assert ours_sd["param_groups"] == theirs_sd["param_groups"]
+    assert ours_sd["state"].keys() == theirs_sd["state"].keys()
+    for index, entry in theirs_sd["state"].items():
+        assert ours_sd["state"][index].keys() == entry.keys()
+        for key, value in entry.items():
+            torch.testing.assert_close(ours_sd["state"][index][key], value, **tolerance)
+
+
+def test_state_tensors_keep_their_identity_across_steps():
+    (p,) = [torch.nn.Parameter(torch.randn(4))]
+    opt = optimizers.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(4)
+    opt.step()
+    buffer, address = opt.state[p]["momentum_buffer"], p.data_ptr()
+    opt.step()
+    assert opt.state[p]["momentum_buffer"] is buffer and p.data_ptr() == address
+    torch.testing.assert_close(buffer, torch.full((4,), 1.9))
+    # The first buffer is a copy, not the gradient itself.
+    assert buffer.data_ptr() != p.grad.data_ptr()
+
+
+def test_a_checkpoint_through_torch_save_continues_identically_in_both_directions():
+    for writer, reader in ((torch.optim.SGD, optimizers.SGD), (optimizers.SGD, torch.optim.SGD)):
+        kwargs = dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=1e-3)
+        expected, _, _ = train(writer, steps=8, **kwargs)
+        model, inputs, targets = model_and_data()
+        first = writer(model.parameters(), **kwargs)
+        for step in range(8):
+            if step == 4:
+                buffer = io.BytesIO()
+                torch.save(first.state_dict(), buffer)
+                buffer.seek(0)
+                first = reader(model.parameters(), lr=1.0)
+                first.load_state_dict(torch.load(buffer, weights_only=True))
+            first.zero_grad()
+            torch.nn.functional.mse_loss(model(inputs), targets).backward()
+            first.step()
+        for a, b in zip(model.parameters(), expected):
+            torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+
+
+def test_an_older_checkpoint_without_newer_flags_loads():
+    _, trained, _ = train(torch.optim.SGD, steps=3, lr=0.1, momentum=0.9)
+    old = trained.state_dict()
+    for group in old["param_groups"]:
+        for flag in ("nesterov", "maximize", "foreach", "differentiable", "fused"):
+            del group[flag]
+    model, _, _ = model_and_data()
+    ours = optimizers.SGD(model.parameters(), lr=0.5, nesterov=False, maximize=False)
+    ours.load_state_dict(copy.deepcopy(old))
+    group = ours.param_groups[0]
+    assert (group["lr"], group["momentum"]) == (0.1, 0.9)
+    # Missing flags take the constructor's defaults (torch.optim.SGD hard-codes the same
+    # values, except fused, which it fills with False where the signature says None).
+    assert (group["nesterov"], group["maximize"], group["foreach"], group["differentiable"], group["fused"]) == (
+        False, False, None, False, None,
+    )
+
+
+@pytest.mark.parametrize(
+    "make_scheduler",
+    [
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (1 + epoch)),
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=12),
+    ],
+    ids=["StepLR", "LambdaLR", "OneCycleLR"],
+)
+def test_lr_schedulers_drive_it_as_they_drive_torch_optim(make_scheduler):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        ours, _, ours_schedule = train(optimizers.SGD, steps=10, scheduler=make_scheduler, lr=0.1, momentum=0.9)
+        theirs, _, theirs_schedule = train(torch.optim.SGD, steps=10, scheduler=make_scheduler, lr=0.1, momentum=0.9)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ours_state, theirs_state = ours_schedule.state_dict(), theirs_schedule.state_dict()
+    for state in (ours_state, theirs_state):
+        state.pop("lr_lambdas", None)
+        state.pop("anneal_func", None)
+        state.pop("_anneal_func_type", None)
+    assert ours_state == theirs_state
+
+
+def test_grad_scaler_steps_it_and_skips_non_finite_steps():
+    results = []
+    for cls in (torch.optim.SGD, optimizers.SGD):
+        model, inputs, targets = model_and_data()
+        model.float()
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        for step in range(4):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.mse_loss(model(inputs.float()), targets.float())
+            scaler.scale(loss).backward()
+            if step == 2:  # an overflowing gradient: the scaler must skip this step
+                next(model.parameters()).grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        results.append(([p.detach().clone() for p in model.parameters()], scaler.get_scale()))
+    (ours, ours_scale), (theirs, theirs_scale) = results[1], results[0]
+    assert ours_scale == theirs_scale < 2.0**8
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_hooks_run_in_torch_order():
+    def record(opt_class):
+        events = []
+        p = torch.nn.Parameter(torch.ones(1))
+        opt = opt_class([p], lr=0.1)
+        handles = [
+            register_optimizer_step_pre_hook(lambda o, a, k: events.append("global pre")),
+            register_optimizer_step_post_hook(lambda o, a, k: events.append("global post")),
+            opt.register_step_pre_hook(lambda o, a, k: events.append("pre")),
+            opt.register_step_post_hook(lambda o, a, k: events.append("post")),
+            opt.register_state_dict_pre_hook(lambda o: events.append("state_dict pre")),
+            opt.register_state_dict_post_hook(lambda o, sd: events.append("state_dict post")),
+            opt.register_load_state_dict_pre_hook(lambda o, sd: events.append("load pre")),
+            opt.register_load_state_dict_post_hook(lambda o: events.append("load post")),
+        ]
+        p.grad = torch.ones(1)
+        opt.step(lambda: events.append("closure") or 1.0)
+        opt.load_state_dict(opt.state_dict())
+        for handle in handles:
+            handle.remove()
+        return events
+
+    assert record(optimizers.SGD) == record(torch.optim.SGD)
+
+
+def test_a_pre_hook_can_replace_the_step_arguments():
+    p = torch.nn.Parameter(torch.ones(1))
+    opt = optimizers.SGD([p], lr=0.1)
+    opt.register_step_pre_hook(lambda o, args, kwargs: ((o,), {"closure": lambda: 7.0}))
+    p.grad = torch.ones(1)
+    assert opt.step() == 7.0
+
+
+def test_step_returns_the_closure_loss_and_skips_parameters_without_gradient():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = optimizers.SGD([a, b], lr=0.5, momentum=0.9)
+
+    def closure():
+        opt.zero_grad()
+        loss = (a**2).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == 2.0
+    assert opt.step() is None
+    torch.testing.assert_close(b.detach(), torch.ones(2), rtol=0, atol=0)
+    assert b not in opt.state and a in opt.state
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_matches_torch(set_to_none):
+    grads = []
+    for cls in (torch.optim.SGD, optimizers.SGD):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = cls([p])
+        (p * 2).sum().backward()
+        opt.zero_grad(set_to_none=set_to_none)
+        grads.append(p.grad)
+    assert (grads[0] is None) == (grads[1] is None) == set_to_none
+    if not set_to_none:
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+
+
+def test_add_param_group_mid_training_and_named_parameters_match_torch():
+    runs = []
+    for cls in (torch.optim.SGD, optimizers.SGD):
+        model, inputs, targets = model_and_data()
+        first, second = model[0], model[2]
+        opt = cls(first.named_parameters(), lr=0.1, momentum=0.9)
+        for step in range(6):
+            if step == 3:
+                opt.add_param_group({"params": list(second.named_parameters()), "lr": 0.01, "nesterov": True})
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(inputs), targets).backward()
+            opt.step()
+        runs.append(([p.detach().clone() for p in model.parameters()], opt.state_dict()["param_groups"]))
+    (theirs, theirs_groups), (ours, ours_groups) = runs
+    assert ours_groups == theirs_groups and "param_names" in ours_groups[0]
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_sparse_gradients_step_like_torch():
+    results = []
+    for cls in (torch.optim.SGD, optimizers.SGD):
+        torch.manual_seed(0)
+        embedding = torch.nn.Embedding(10, 3, sparse=True)
+        opt = cls(embedding.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            embedding(torch.tensor([1, 4, 4])).sum().backward()
+            assert embedding.weight.grad.is_sparse
+            opt.step()
+        results.append(embedding.weight.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_deepcopy_and_pickle_keep_training_identically():
+    _, opt, _ = train(optimizers.SGD, steps=3, lr=0.1, momentum=0.9)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert isinstance(clone, optimizers.SGD) and clone.backend == "torch"
+        assert repr(clone) == repr(opt)
+        (p,) = clone.param_groups[0]["params"][:1]
+        p.grad = torch.ones_like(p)
+        before = p.detach().clone()
+        clone.step()
+        assert not torch.equal(p.detach(), before)
