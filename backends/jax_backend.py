@@ -54,6 +54,9 @@ class JaxOps:
         generator contracts this product (and not one inside ``x``, such as
         SGD's ``buffer * momentum``) into the fused multiply-add, so the two
         backends agree bit for bit; ``x + alpha * y`` contracts the wrong one.
+        One case still differs by an ulp: a negated ``y`` (SGD's maximize with
+        momentum) becomes a subtraction whose other product LLVM contracts, and
+        no order of the operands changes that.
         """
         return alpha * y + x
 
