@@ -14,9 +14,17 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 NAMES = ("torch", "jax")
+
+
+class Rule(NamedTuple):
+    """How to run an algorithm's update, told to a backend that knows no algorithm."""
+
+    update: Callable  # update(ops, param, grad, state, h) -> (param, state)
+    counters: tuple[str, ...]  # state kept on the host: never passed to update, written from the plan
+    real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
 
 
 class Backend(Protocol):
@@ -24,6 +32,9 @@ class Backend(Protocol):
 
     name: str
     ops: Any  # namespace of array operations the update rules are written with
+
+    def param_groups(self, params: Any) -> tuple[list[dict], bool]:
+        """The constructor's ``params`` -> (param-group dicts, whether they were given as groups)."""
 
     def collect_params(self, params: Any, *, allow_non_leaf: bool) -> tuple[list, list[str] | None, Any]:
         """A group's ``"params"`` entry -> (parameter objects, names or None, structure)."""
@@ -43,8 +54,25 @@ class Backend(Protocol):
     def zero_grad(self, param: Any, set_to_none: bool) -> None:
         """Clear a parameter's gradient."""
 
-    def apply(self, rule: Callable, work: list, state: dict) -> None:
-        """Run ``rule`` for every (group, scalars, params) in ``work`` and write the results."""
+    def host_scalar(self, value: Any) -> Any:
+        """A counter (0-d NumPy array) in the form this backend stores it."""
+
+    def is_complex(self, array: Any) -> bool:
+        """Whether ``array`` holds complex numbers."""
+
+    def as_real(self, array: Any) -> Any:
+        """A complex array as (real, imag) pairs along a new last axis."""
+
+    def as_complex(self, array: Any) -> Any:
+        """The inverse of :meth:`as_real`."""
+
+    def apply(self, rule: Rule, work: list, state: dict) -> None:
+        """Run ``rule.update`` for every parameter and write the results.
+
+        ``work`` holds, per group, ``(group, params, scalars per param, counters per param)``;
+        the update sees each parameter's state without the counters, which are
+        written from ``work`` instead.
+        """
 
     def load_state_value(self, value: Any, param: Any, key: Any, group: Mapping) -> Any:
         """Turn one saved state value into this backend's array, cast like torch.optim does."""

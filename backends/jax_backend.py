@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backends import Rule
+
 
 class Param:
     """One leaf of a parameter pytree: its current value, its gradient, and where it sits."""
@@ -44,7 +46,15 @@ class Param:
 
 
 class JaxOps:
-    """The array operations update rules use, on JAX arrays (inside jit)."""
+    """The array operations update rules use, on JAX arrays inside jit.
+
+    Each is written in the form whose rounding matches the torch CPU kernel of
+    the same name as closely as XLA allows: the same operation order, and the
+    product XLA contracts into a fused multiply-add placed where torch's FMA is.
+    Two differences remain and are ulp-sized: torch's CPU ``sqrt`` is not
+    correctly rounded (XLA's is), and XLA divides by a scalar by multiplying
+    with its reciprocal.
+    """
 
     @staticmethod
     def add(x, y, alpha=1.0):
@@ -59,6 +69,32 @@ class JaxOps:
         no order of the operands changes that.
         """
         return alpha * y + x
+
+    @staticmethod
+    def lerp(x, end, weight):
+        """x + weight * (end - x), switching form at weight 0.5 as torch does for accuracy."""
+        return jnp.where(jnp.abs(weight) < 0.5, weight * (end - x) + x, end - (1 - weight) * (end - x))
+
+    @staticmethod
+    def addcmul(x, t1, t2, value=1.0):
+        """x + value * t1 * t2 (value times t1 first, as torch)."""
+        return value * t1 * t2 + x
+
+    @staticmethod
+    def addcdiv(x, t1, t2, value=1.0):
+        """x + value * t1 / t2 (value times t1 first, as torch)."""
+        return (value * t1) / t2 + x
+
+    @staticmethod
+    def dense(x):
+        """JAX gradients are dense already."""
+        return x
+
+    sqrt = staticmethod(jnp.sqrt)
+    maximum = staticmethod(jnp.maximum)
+    abs = staticmethod(jnp.abs)
+    zeros_like = staticmethod(jnp.zeros_like)
+    full_like = staticmethod(jnp.full_like)
 
 
 class JaxBackend:
@@ -133,20 +169,35 @@ class JaxBackend:
         if param.grad is not None:
             param.grad = None if set_to_none else jnp.zeros_like(param.grad)
 
-    def apply(self, rule: Callable, work: list, state: dict) -> None:
+    def host_scalar(self, value: np.ndarray) -> np.ndarray:
+        # Counters stay on the host: reading them each step never waits for the device.
+        return np.array(value)
+
+    def is_complex(self, array: jax.Array) -> bool:
+        return jnp.iscomplexobj(array)
+
+    def as_real(self, array: jax.Array) -> jax.Array:
+        return _as_real(array)
+
+    def as_complex(self, array: jax.Array) -> jax.Array:
+        return _as_complex(array)
+
+    def apply(self, rule: Rule, work: list, state: dict) -> None:
         switches, coefficients, values, grads, states = [], [], [], [], []
-        for _, scalars, params in work:
-            switches.append(tuple(sorted((k, v) for k, v in scalars.items() if _is_switch(v))))
-            coefficients.append({k: v for k, v in scalars.items() if not _is_switch(v)})
+        for _, params, scalars, _ in work:
+            switches.append(tuple(tuple(sorted((k, v) for k, v in s.items() if _is_switch(v))) for s in scalars))
+            names = [k for k, v in scalars[0].items() if not _is_switch(v)]
+            coefficients.append({k: np.array([float(s[k]) for s in scalars]) for k in names})
             values.append([p.value for p in params])
             grads.append([p.grad for p in params])
-            states.append([state.get(p, {}) for p in params])
+            states.append([{k: v for k, v in state.get(p, {}).items() if k not in rule.counters} for p in params])
         new_values, new_states = _step(rule, tuple(switches), coefficients, values, grads, states)
-        for (_, _, params), group_values, group_states in zip(work, new_values, new_states):
-            for param, value, param_state in zip(params, group_values, group_states):
+        for (_, params, _, counters), group_values, group_states in zip(work, new_values, new_states):
+            for param, value, arrays, param_counters in zip(params, group_values, group_states, counters):
                 param.value = value
-                if param_state:
-                    state[param] = param_state
+                held = {**state.get(param, {}), **param_counters, **arrays}
+                if held:
+                    state[param] = held
 
     def load_state_value(self, value: Any, param: Param, key: Any, group: Mapping) -> jax.Array:
         array = value if isinstance(value, jax.Array) else _owned_copy(value)
@@ -164,6 +215,14 @@ def _owned_copy(value: Any) -> jax.Array:
     if hasattr(value, "detach"):  # a torch tensor: export through DLPack, which knows bfloat16
         value = value.detach().contiguous()
     return jnp.array(jnp.from_dlpack(value), copy=True)
+
+
+def _as_real(array: jax.Array) -> jax.Array:
+    return jnp.stack([array.real, array.imag], axis=-1)
+
+
+def _as_complex(array: jax.Array) -> jax.Array:
+    return jax.lax.complex(array[..., 0], array[..., 1])
 
 
 def _is_switch(value: Any) -> bool:
@@ -198,17 +257,28 @@ def _checked_gradient(grad: Any, param: Param) -> jax.Array | None:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _step(rule, switches, coefficients, values, grads, states):
+    """One program for the whole step; switches are compiled in, coefficients are float64 data."""
     new_values, new_states = [], []
     for group_switches, group_coefficients, group_values, group_grads, group_states in zip(
         switches, coefficients, values, grads, states
     ):
-        scalars = SimpleNamespace(**dict(group_switches), **group_coefficients)
         out_values, out_states = [], []
-        for value, grad, param_state in zip(group_values, group_grads, group_states):
-            new_value, new_state = rule(JaxOps, value, grad, param_state, scalars)
+        for i, (value, grad, param_state) in enumerate(zip(group_values, group_grads, group_states)):
+            # Coefficients round to the parameter's precision, as torch casts a Python scalar;
+            # low-precision parameters compute in float32, as torch's kernels do.
+            precision = jnp.promote_types(jnp.finfo(value.dtype).dtype, jnp.float32)
+            h = SimpleNamespace(
+                **dict(group_switches[i]), **{k: c[i].astype(precision) for k, c in group_coefficients.items()}
+            )
+            if rule.real_view and jnp.iscomplexobj(value):
+                real = {k: _as_real(v) for k, v in param_state.items()}
+                new_value, new_state = rule.update(JaxOps, _as_real(value), _as_real(grad), real, h)
+                new_value, new_state = _as_complex(new_value), {k: _as_complex(v) for k, v in new_state.items()}
+            else:
+                new_value, new_state = rule.update(JaxOps, value, grad, param_state, h)
             out_values.append(new_value.astype(value.dtype))
             out_states.append(
-                {k: v.astype(param_state[k].dtype) if k in param_state else v for k, v in new_state.items()}
+                {k: v.astype(param_state[k].dtype if k in param_state else value.dtype) for k, v in new_state.items()}
             )
         new_values.append(out_values)
         new_states.append(out_states)

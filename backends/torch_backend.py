@@ -11,20 +11,54 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import numpy as np
 import torch
+
+from backends import Rule
 
 
 class TorchOps:
-    """The array operations update rules use, on torch tensors.
+    """The array operations update rules use: the torch kernels torch.optim's single-tensor path calls.
 
-    Each mirrors the torch kernel torch.optim's single-tensor path calls, so a
-    rule reproduces torch.optim bit for bit on this backend.
+    Running a rule with these reproduces torch.optim bit for bit on this backend.
     """
 
     @staticmethod
     def add(x, y, alpha=1.0):
-        """x + alpha * y, in torch's fused add-with-alpha kernel."""
+        """x + alpha * y."""
         return torch.add(x, y, alpha=alpha)
+
+    @staticmethod
+    def lerp(x, end, weight):
+        """x + weight * (end - x)."""
+        return torch.lerp(x, end, weight)
+
+    @staticmethod
+    def addcmul(x, t1, t2, value=1.0):
+        """x + value * t1 * t2."""
+        return torch.addcmul(x, t1, t2, value=value)
+
+    @staticmethod
+    def addcdiv(x, t1, t2, value=1.0):
+        """x + value * t1 / t2."""
+        return torch.addcdiv(x, t1, t2, value=value)
+
+    @staticmethod
+    def dense(x):
+        """A sparse gradient as the dense array it stands for."""
+        return x.to_dense() if x.is_sparse else x
+
+    sqrt = staticmethod(torch.sqrt)
+    maximum = staticmethod(torch.maximum)
+    abs = staticmethod(torch.abs)
+
+    @staticmethod
+    def zeros_like(x):
+        return torch.zeros_like(x, memory_format=torch.preserve_format)
+
+    @staticmethod
+    def full_like(x, value):
+        return torch.full_like(x, value, memory_format=torch.preserve_format)
 
 
 class TorchBackend:
@@ -92,16 +126,37 @@ class TorchBackend:
             param.grad.requires_grad_(False)
         param.grad.zero_()
 
-    def apply(self, rule: Callable, work: list, state: dict) -> None:
-        for group, scalars, params in work:
-            scalars = SimpleNamespace(**scalars)
+    def host_scalar(self, value: np.ndarray) -> torch.Tensor:
+        return torch.tensor(value)
+
+    def is_complex(self, array: torch.Tensor) -> bool:
+        return array.is_complex()
+
+    def as_real(self, array: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_real(array)
+
+    def as_complex(self, array: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_complex(array)
+
+    def apply(self, rule: Rule, work: list, state: dict) -> None:
+        for group, params, scalars, counters in work:
             with torch.set_grad_enabled(bool(group.get("differentiable", False))):
-                for param in params:
+                for param, param_scalars, param_counters in zip(params, scalars, counters):
                     held = state.get(param, {})
-                    new_param, new_state = rule(TorchOps, param, param.grad, held, scalars)
+                    arrays = {k: v for k, v in held.items() if k not in rule.counters}
+                    h = SimpleNamespace(**param_scalars)
+                    if rule.real_view and param.is_complex():
+                        real = {k: torch.view_as_real(v) for k, v in arrays.items()}
+                        new_param, new_arrays = rule.update(
+                            TorchOps, torch.view_as_real(param), torch.view_as_real(param.grad), real, h
+                        )
+                        new_param = torch.view_as_complex(new_param)
+                        new_arrays = {k: torch.view_as_complex(v) for k, v in new_arrays.items()}
+                    else:
+                        new_param, new_arrays = rule.update(TorchOps, param, param.grad, arrays, h)
                     if new_param is not param:
                         param.copy_(new_param)
-                    _write_state(held, new_state)
+                    _write_state(held, {**param_counters, **new_arrays})
                     if held and param not in state:
                         state[param] = held
 
@@ -121,6 +176,8 @@ class TorchBackend:
 def _write_state(held: dict, new_state: Mapping) -> None:
     """Update a parameter's state dict in place, keeping existing tensors' identity."""
     for key, value in new_state.items():
+        if isinstance(value, (np.ndarray, np.generic)):  # a counter advanced on the host
+            value = torch.from_numpy(np.array(value))
         current = held.get(key)
         if current is value:
             continue

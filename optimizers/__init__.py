@@ -1,12 +1,14 @@
 """torch.optim-compatible optimizers whose update rules run on PyTorch tensors and JAX pytrees.
 
     import optimizers
-    opt = optimizers.SGD(model.parameters(), lr=0.1, momentum=0.9)   # torch tensors
-    opt = optimizers.SGD({"w": w, "b": b}, lr=0.1, momentum=0.9)      # a JAX pytree
+    opt = optimizers.Adam(model.parameters(), lr=1e-3)           # torch tensors
+    opt = optimizers.Adam({"w": w, "b": b}, lr=1e-3)              # a JAX pytree
 """
 
+from .adagrad import Adadelta, Adagrad, RMSprop
+from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .optimizer import Optimizer, required
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "required"]
+__all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "Optimizer", "RAdam", "RMSprop", "SGD", "required"]
 __version__ = "0.1.0"

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from itertools import chain
+from types import SimpleNamespace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.optim.optimizer import required
 
 import backends
 
-__all__ = ["Optimizer", "required"]
+__all__ = ["Optimizer", "required", "check_array_lr", "check_betas", "check_fused", "check_nonnegative"]
 
 
 class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
@@ -41,8 +44,14 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     ``update(ops, param, grad, state, h) -> (param, state)``
         The rule for one parameter, pure: it returns the new parameter and its
-        new state dict and mutates nothing.  ``h`` holds ``scalars(group)`` as
-        attributes; ``ops`` holds the backend's array operations.
+        new state dict and mutates nothing.  ``h`` holds ``scalars(group)`` (and
+        ``schedule``'s output) as attributes; ``ops`` holds the backend's array
+        operations, each rounding as the torch kernel of the same name.
+
+    and, where it keeps state, ``initial_state`` (the arrays torch.optim creates
+    at a parameter's first step), ``counters`` (per-parameter host scalars such
+    as ``step``) and ``schedule(h, counters)`` (per-parameter host scalars such
+    as bias corrections, computed in float64 as torch.optim computes them).
 
     The backend is inferred from the parameters (torch tensors -> ``"torch"``,
     JAX arrays -> ``"jax"``) or forced with ``backend=``.
@@ -76,15 +85,42 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     # -- what an algorithm defines ------------------------------------------------
 
+    #: Per-parameter scalar state kept on the host, with its initial value (e.g. ``{"step": 0.0}``).
+    #: Stored as torch.optim stores it (a 0-d float32 tensor on torch, a 0-d NumPy array on JAX)
+    #: and advanced by :meth:`schedule`; the rule never sees it.
+    counters: dict[str, float] = {}
+
+    #: The RuntimeError message for a sparse gradient, or None if the rule accepts them.
+    sparse_gradients_error: str | None = None
+
+    #: Whether the rule sees a complex parameter (and its state) as (real, imag) pairs, as
+    #: torch.optim's rules that are not linear in the gradient do.
+    complex_as_real: bool = True
+
     @staticmethod
     @abc.abstractmethod
     def scalars(group: dict[str, Any]) -> dict[str, Any]:
         """The switches and coefficients the rule reads from ``group`` (host side, float64)."""
 
     @staticmethod
+    def schedule(h: Any, counters: dict[str, np.floating]) -> tuple[dict[str, Any], dict[str, np.floating]]:
+        """Host side, per parameter: ``(extra scalars for the rule, advanced counters)``.
+
+        ``counters`` are NumPy scalars of the stored dtype, so counter arithmetic rounds
+        as torch.optim's 0-d tensors do (``step += 1`` in float32); the scalars derived
+        from them (bias corrections) are Python float64, as in torch.optim.
+        """
+        return {}, counters
+
+    @staticmethod
+    def initial_state(ops: Any, param: Any, h: Any) -> dict[str, Any]:
+        """The arrays of a parameter's state before its first step (torch.optim's lazy init)."""
+        return {}
+
+    @staticmethod
     @abc.abstractmethod
     def update(ops: Any, param: Any, grad: Any, state: dict[str, Any], h: Any) -> tuple[Any, dict[str, Any]]:
-        """The update rule for one parameter: ``(new_param, new_state)``."""
+        """The update rule for one parameter: ``(new_param, new_state)`` (state without counters)."""
 
     # -- parameters -------------------------------------------------------------------
 
@@ -163,14 +199,60 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             loss, grads = self._backend.run_closure(closure, self.params)
         if grads is not None:
             self._receive_gradients(grads)
-        work = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                work.append((group, self.scalars(group), params))
+        stepping = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        stepping = [(group, params) for group, params in stepping if params]
+        if self.sparse_gradients_error is not None:
+            if any(getattr(p.grad, "is_sparse", False) for _, params in stepping for p in params):
+                raise RuntimeError(self.sparse_gradients_error)
+        work = [self._plan(group, params) for group, params in stepping]
         if work:
-            self._backend.apply(self.update, work, self.state)
+            self._backend.apply(backends.Rule(self.update, tuple(self.counters), self.complex_as_real), work, self.state)
         return loss
+
+    def _plan(self, group: dict[str, Any], params: list) -> tuple:
+        """Host side of a step for one group: lazy state, counters and per-parameter scalars.
+
+        Returns ``(group, params, scalars per parameter, new counters per parameter)``.
+        """
+        shared = self.scalars(group)
+        h = SimpleNamespace(**shared)
+        for param in params:
+            if not self.state.get(param):
+                initial = self._initial_state(param, h)
+                if initial:
+                    self.state[param] = initial
+        schedules: dict[tuple, tuple[dict, dict]] = {}  # parameters usually share their counters
+        scalars, counters = [], []
+        for param in params:
+            held = {k: np.asarray(self.state[param][k])[()] for k in self.counters}
+            key = tuple(held.values())
+            if key not in schedules:
+                schedules[key] = self.schedule(h, held)
+            coefficients, advanced = schedules[key]
+            # Scalars derived from tensors or counters reach the rule as the Python floats
+            # torch.optim hands its kernels.
+            scalars.append(
+                {k: float(v) if isinstance(v, (np.floating, torch.Tensor)) else v for k, v in {**shared, **coefficients}.items()}
+            )
+            counters.append(advanced)
+        return group, params, scalars, counters
+
+    def _initial_state(self, param: Any, h: Any) -> dict[str, Any]:
+        """A parameter's state before its first step: counters, then the algorithm's arrays."""
+        backend, value = self._backend, self._backend.value(param)
+        counters = {k: backend.host_scalar(np.asarray(v, _counter_dtype())) for k, v in self.counters.items()}
+        if self.complex_as_real and backend.is_complex(value):
+            # e.g. Adagrad's accumulator starts at (v, v), as in torch.optim
+            arrays = self.initial_state(backend.ops, backend.as_real(value), h)
+            return {**counters, **{k: backend.as_complex(v) for k, v in arrays.items()}}
+        return {**counters, **self.initial_state(backend.ops, value, h)}
+
+    def _initialize_all_state(self) -> None:
+        """Create every parameter's state now rather than at its first step (torch's Adagrad does)."""
+        for group in self.param_groups:
+            h = SimpleNamespace(**self.scalars(group))
+            for param in group["params"]:
+                self.state[param] = self._initial_state(param, h)
 
     def _receive_gradients(self, grads: Any) -> None:
         """Validate gradients for every group, then hold them on the parameters (all or nothing)."""
@@ -228,7 +310,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
         Parameters are matched by order.  State arrays are converted to this
         backend and cast like torch.optim casts them (floating state to the
-        parameter's dtype; ``step`` left alone).  Flags missing from a state dict
+        parameter's dtype), except counters, which keep their dtype as ``step``
+        does (torch.optim casts NAdam's float32 ``mu_product`` to a float64
+        parameter's dtype, so its resumed run drifts from an uninterrupted one).  Flags missing from a state dict
         written before they existed take this class's defaults.  Nothing changes
         unless the whole state dict loads.
         """
@@ -251,6 +335,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         saved_group_of = {i: s for s in state_dict["param_groups"] for i in s["params"]}
 
         def convert(value: Any, param: Any, group: dict, key: Any = None) -> Any:
+            if key in self.counters:  # host scalars, stored by __setstate__ in their own dtype
+                return value
             if hasattr(value, "__dlpack__"):  # an array of any framework
                 return self._backend.load_state_value(value, param, key, group)
             if isinstance(value, dict):
@@ -290,3 +376,59 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             for key in self.defaults:
                 if key not in group and key in signature and signature[key].default is not inspect.Parameter.empty:
                     group[key] = signature[key].default
+        # Counters come back as Python numbers (old torch checkpoints), as another
+        # framework's arrays, or as device arrays: store each in this backend's host form.
+        for held in self.state.values():
+            for key in self.counters:
+                if key in held:
+                    value = held[key]
+                    array = np.asarray(value) if hasattr(value, "dtype") else np.asarray(value, _counter_dtype())
+                    held[key] = self._backend.host_scalar(array)
+
+
+def _counter_dtype() -> type:
+    """torch.optim's dtype for a new step count: float32, or float64 under a float64 default dtype."""
+    return np.float64 if torch.get_default_dtype() == torch.float64 else np.float32
+
+
+def scalar(value: Any) -> float | torch.Tensor:
+    """A hyperparameter as the host arithmetic of :meth:`Optimizer.scalars` should see it.
+
+    A number becomes a Python float (float64 arithmetic).  A one-element array
+    (a tensor lr, on either backend) becomes a 0-d CPU tensor of its dtype: what
+    is derived from it -- ``lr / bias_correction``, ``1 - lr * weight_decay`` --
+    then rounds exactly as torch.optim's arithmetic on that tensor rounds
+    (float32 operations, ``x / tensor`` as ``reciprocal(tensor) * x``).
+    """
+    if not hasattr(value, "shape"):
+        return float(value)
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value)
+    return tensor.detach().reshape(()).cpu()
+
+
+# -- hyperparameter checks with torch.optim's messages, called in each class's torch order ----
+
+
+def check_array_lr(value: Any, name: str = "lr") -> None:
+    """A hyperparameter given as an array (torch tensor, JAX or NumPy array) must have one element."""
+    if hasattr(value, "shape") and math.prod(value.shape) != 1:
+        raise ValueError(f"Tensor {name} must be 1-element")
+
+
+def check_nonnegative(value: Any, what: str) -> None:
+    """``Invalid <what>: <value>`` unless 0 <= value (NaN is invalid too)."""
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid {what}: {value}")
+
+
+def check_betas(betas: Any) -> None:
+    for index in (0, 1):
+        if not 0.0 <= betas[index] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
+
+
+def check_fused(fused: Any, foreach: Any, differentiable: bool) -> None:
+    if fused and differentiable:
+        raise RuntimeError("`fused` does not support `differentiable`")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")

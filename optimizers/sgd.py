@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from .optimizer import Optimizer
+from .optimizer import Optimizer, check_array_lr, check_fused
+from .terms import decay_scalars, direction
 
 __all__ = ["SGD"]
 
@@ -57,6 +57,8 @@ class SGD(Optimizer):
         backend: ``"torch"`` or ``"jax"``; inferred from ``params`` when None.
     """
 
+    complex_as_real = False  # linear in the gradient: torch.optim.SGD steps complex tensors directly
+
     def __init__(
         self,
         params: Any,
@@ -72,9 +74,8 @@ class SGD(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
     ) -> None:
-        if hasattr(lr, "shape") and math.prod(lr.shape) != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
+        check_array_lr(lr)
+        if lr < 0.0:  # not `0 <= lr`: torch's SGD accepts a NaN learning rate
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
@@ -82,10 +83,7 @@ class SGD(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        if fused and differentiable:
-            raise RuntimeError("`fused` does not support `differentiable`")
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        check_fused(fused, foreach, differentiable)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -101,24 +99,18 @@ class SGD(Optimizer):
 
     @staticmethod
     def scalars(group: dict[str, Any]) -> dict[str, Any]:
-        weight_decay, momentum = float(group["weight_decay"]), float(group["momentum"])
+        momentum = float(group["momentum"])
         return dict(
-            maximize=bool(group["maximize"]),
+            decay_scalars(group),
             nesterov=bool(group["nesterov"]),
-            decays=weight_decay != 0,
             has_momentum=momentum != 0,
-            lr=float(group["lr"]),
-            weight_decay=weight_decay,
             momentum=momentum,
             undamped=1.0 - float(group["dampening"]),
         )
 
     @staticmethod
     def update(ops, param, grad, state, h):
-        if h.maximize:
-            grad = -grad
-        if h.decays:
-            grad = ops.add(grad, param, alpha=h.weight_decay)
+        grad = direction(ops, param, grad, h)
         if h.has_momentum:
             buffer = state.get("momentum_buffer")
             buffer = grad if buffer is None else ops.add(buffer * h.momentum, grad, alpha=h.undamped)

@@ -3,6 +3,7 @@
 import os
 
 import jax
+import pytest
 from hypothesis import HealthCheck, settings
 
 # float64 comparisons need 64-bit JAX; float32 cases create float32 arrays explicitly.
@@ -24,6 +25,33 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Free the XLA programs a test compiled.
+
+    Generated examples compile thousands of distinct programs; each keeps a few
+    memory mappings, and a process past the kernel's vm.max_map_count (65530)
+    crashes inside XLA's compiler.
+    """
+    yield
+    jax.clear_caches()
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, send this worker's agreement figures to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        from tests.harness import REPORT
+
+        session.config.workeroutput["agreement"] = REPORT.rows_as_data()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    from tests.harness import REPORT
+
+    REPORT.merge_data(getattr(node, "workeroutput", {}).get("agreement", []))
 
 
 def pytest_terminal_summary(terminalreporter):

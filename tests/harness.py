@@ -92,7 +92,8 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     if a.size == 0:
         return 0.0
     scale = np.max(np.abs(b))
-    difference = np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
+    difference = np.max(np.abs(a.astype(wide) - b.astype(wide)))
     if difference == 0:
         return 0.0
     return float(difference / scale) if scale > 0 else float("inf")
@@ -130,6 +131,19 @@ class AgreementReport:
                 row.bitwise += bitwise_equal(a, b)
                 row.max_relative_error = max(row.max_relative_error, error)
                 assert error <= tolerance, f"{pair} {dtype}: step {step}, leaf {leaf}: relative error {error:.3g} > {tolerance:g}"
+
+
+    def rows_as_data(self) -> list:
+        """The rows as plain data (to cross from a pytest-xdist worker to the controller)."""
+        return [[list(key), [row.examples, row.elements, row.bitwise, row.max_relative_error]] for key, row in self.rows.items()]
+
+    def merge_data(self, data: list) -> None:
+        for key, (examples, elements, bitwise, error) in data:
+            row = self.rows.setdefault(tuple(key), Agreement())
+            row.examples += examples
+            row.elements += elements
+            row.bitwise += bitwise
+            row.max_relative_error = max(row.max_relative_error, error)
 
 
 REPORT = AgreementReport()

@@ -7,12 +7,14 @@ across implementations the tolerances are those of the design contract.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import REPORT, Run, trajectory
@@ -68,10 +70,12 @@ def test_torch_backend_matches_torch_optim(entry, dtype, data):
 @pytest.mark.parametrize("entry", ENTRIES, ids=repr)
 @given(data=st.data())
 def test_maximize_equals_minimizing_the_negated_gradient(entry, backend, data):
+    """Exact on torch.  On JAX the two are different programs -- XLA folds an in-program
+    negation into the arithmetic around it -- so they agree to rounding (measured: 4e-16)."""
     problem, kwargs = draw_case(data, entry, "float64")
     maximized = trajectory(entry, backend, problem, {**kwargs, "maximize": True})
     minimized = trajectory(entry, backend, problem.negated(), {**kwargs, "maximize": False})
-    REPORT.compare(entry.name, f"maximize ({backend})", "float64", maximized, minimized, 0.0)
+    REPORT.compare(entry.name, f"maximize ({backend})", "float64", maximized, minimized, 0.0 if backend == "torch" else 1e-13)
 
 
 CHECKPOINT_ROUTES = [
@@ -88,23 +92,34 @@ CHECKPOINT_ROUTES = [
 @pytest.mark.parametrize("entry", ENTRIES, ids=repr)
 @given(data=st.data())
 def test_checkpoint_mid_trajectory_changes_nothing(entry, source, target, data):
-    """Save after k steps, load into a fresh optimizer on ``target``, continue: the run is unchanged."""
+    """Save after k steps, load into a fresh optimizer on ``target``, continue: the run is unchanged.
+
+    Loading into torch.optim is held to what torch.optim does with its own checkpoint:
+    it casts state other than ``step`` to the parameter's dtype, which changes NAdam's
+    ``mu_product`` in float64 runs.
+    """
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
     problem, kwargs = draw_case(data, entry, dtype, min_steps=2)
     split = data.draw(st.integers(1, problem.steps - 1), label="steps before the checkpoint")
-    uninterrupted = trajectory(entry, source, problem, kwargs)
+    resumed = resume(entry, source, target, problem, kwargs, split)
+    if target == "torch.optim":
+        expected = resume(entry, target, target, problem, kwargs, split)
+    else:
+        expected = trajectory(entry, source, problem, kwargs)
+    REPORT.compare(
+        entry.name, f"checkpoint {source}->{target}", dtype, resumed, expected, tolerance(source, target, dtype)
+    )
 
+
+def resume(entry, source, target, problem, kwargs, split):
+    """The trajectory of ``split`` steps on ``source``, a checkpoint, and the rest on ``target``."""
     first = Run(entry, source, problem, kwargs)
     before = first.trajectory(problem.grads[:split])
-    checkpoint = first.checkpoint()
     rest = type(problem)([v.copy() for v in first.values()], problem.grads[split:], problem.groups)
     second = Run(entry, target, rest, kwargs)
-    second.optimizer.load_state_dict(checkpoint)
+    second.optimizer.load_state_dict(first.checkpoint())
     assert second.state().keys() == first.state().keys()
-    resumed = before + second.trajectory(rest.grads)
-    REPORT.compare(
-        entry.name, f"checkpoint {source}->{target}", dtype, resumed, uninterrupted, tolerance(source, target, dtype)
-    )
+    return before + second.trajectory(rest.grads)
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
@@ -166,3 +181,23 @@ def test_closure_driven_training_agrees_across_backends(entry, data, seed, steps
         torch_path.append([p.detach().numpy().copy()])
         jax_path.append([np.asarray(jax_opt.params)])
     REPORT.compare(entry.name, "closure torch vs jax", "float64", jax_path, torch_path, ACROSS_FRAMEWORKS["float64"])
+
+
+# Keywords that select an implementation, not the math: accepted, never generated.
+IMPLEMENTATION_FLAGS = {"params", "self", "foreach", "fused", "capturable", "differentiable", "backend"}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_every_option_is_generated(entry):
+    """Each hyperparameter of the torch.optim signature leaves its default in some generated case."""
+    signature = inspect.signature(entry.reference.__init__).parameters
+    options = {name: p.default for name, p in signature.items() if name not in IMPLEMENTATION_FLAGS}
+    moved = set()
+
+    @settings(max_examples=60, derandomize=True, database=None)
+    @given(entry.hyperparameters)
+    def collect(kwargs):
+        moved.update(name for name, value in kwargs.items() if value != options[name])
+
+    collect()
+    assert moved == set(options), f"never generated away from the default: {set(options) - moved}"
