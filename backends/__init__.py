@@ -74,8 +74,8 @@ class Backend(Protocol):
         written from ``work`` instead.
         """
 
-    def load_state_value(self, value: Any, param: Any, key: Any, group: Mapping) -> Any:
-        """Turn one saved state value into this backend's array, cast like torch.optim does."""
+    def load_state_value(self, value: Any, param: Any) -> Any:
+        """One saved state array (of any framework) as this backend's array, cast like torch.optim does."""
 
 
 def get(name: str) -> Backend:

@@ -199,15 +199,9 @@ class JaxBackend:
                 if held:
                     state[param] = held
 
-    def load_state_value(self, value: Any, param: Param, key: Any, group: Mapping) -> jax.Array:
+    def load_state_value(self, value: Any, param: Param) -> jax.Array:
         array = value if isinstance(value, jax.Array) else _owned_copy(value)
-        if key == "step":
-            if group.get("capturable", False) or group.get("fused", False):
-                return array.astype(jnp.float32)
-            return array
-        if jnp.issubdtype(param.dtype, jnp.inexact):
-            return array.astype(param.dtype)
-        return array
+        return array.astype(param.dtype) if jnp.issubdtype(param.dtype, jnp.inexact) else array
 
 
 def _owned_copy(value: Any) -> jax.Array:

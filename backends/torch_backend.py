@@ -160,14 +160,9 @@ class TorchBackend:
                     if held and param not in state:
                         state[param] = held
 
-    def load_state_value(self, value: Any, param: torch.Tensor, key: Any, group: Mapping) -> torch.Tensor:
-        # The same casting policy as torch.optim's load_state_dict: state follows the
-        # parameter's floating dtype and device, except the step count.
+    def load_state_value(self, value: Any, param: torch.Tensor) -> torch.Tensor:
+        # torch.optim's casting policy: state follows the parameter's floating dtype and device.
         tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value).clone()
-        if key == "step":
-            if group.get("capturable", False) or group.get("fused", False):
-                return tensor.to(dtype=torch.float32, device=param.device)
-            return tensor
         if param.is_floating_point():
             return tensor.to(dtype=param.dtype, device=param.device)
         return tensor.to(device=param.device)

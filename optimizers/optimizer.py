@@ -332,23 +332,22 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
         params = list(chain.from_iterable(g["params"] for g in groups))
         param_of = dict(zip(saved_ids, params))
-        saved_group_of = {i: s for s in state_dict["param_groups"] for i in s["params"]}
 
-        def convert(value: Any, param: Any, group: dict, key: Any = None) -> Any:
+        def convert(value: Any, param: Any, key: Any = None) -> Any:
             if key in self.counters:  # host scalars, stored by __setstate__ in their own dtype
                 return value
             if hasattr(value, "__dlpack__"):  # an array of any framework
-                return self._backend.load_state_value(value, param, key, group)
+                return self._backend.load_state_value(value, param)
             if isinstance(value, dict):
-                return {k: convert(v, param, group, k) for k, v in value.items()}
+                return {k: convert(v, param, k) for k, v in value.items()}
             if isinstance(value, Iterable) and not isinstance(value, str):
-                return type(value)(convert(v, param, group) for v in value)
+                return type(value)(convert(v, param) for v in value)
             return value
 
         state: defaultdict = defaultdict(dict)
         for saved_id, value in state_dict["state"].items():
             if saved_id in param_of:
-                state[param_of[saved_id]] = convert(value, param_of[saved_id], saved_group_of[saved_id])
+                state[param_of[saved_id]] = convert(value, param_of[saved_id])
             else:  # state not tied to a parameter is kept as it is, as torch.optim does
                 state[saved_id] = value
         for group, saved in zip(groups, saved_groups):
