@@ -1,7 +1,8 @@
 """Properties every registered optimizer must have, checked on generated problems.
 
-Trajectories are compared by the relative error max|a - b| / max|b| of every
-parameter after every step.  Runs on the same backend must agree bit for bit;
+Trajectories are compared by the error max|a - b| of every parameter after every
+step, relative to the largest magnitude that parameter has had so far (see
+``AgreementReport.compare``).  Runs on the same backend must agree bit for bit;
 across implementations the tolerances are those of the design contract.
 """
 
