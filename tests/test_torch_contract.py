@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from torch.optim import lr_scheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import optimizers
@@ -34,9 +35,12 @@ def train(optimizer_class, steps: int = 10, scheduler=None, seed: int = 0, **kwa
     schedule = scheduler(optimizer) if scheduler else None
     for _ in range(steps):
         optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
         optimizer.step()
-        if schedule:
+        if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            schedule.step(loss.item())
+        elif schedule:
             schedule.step()
     return [p.detach().clone() for p in model.parameters()], optimizer, schedule
 
@@ -265,28 +269,57 @@ def test_an_older_checkpoint_without_newer_flags_loads():
     )
 
 
-@pytest.mark.parametrize(
-    "make_scheduler",
-    [
-        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
-        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (1 + epoch)),
-        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=12),
-    ],
-    ids=["StepLR", "LambdaLR", "OneCycleLR"],
-)
-def test_lr_schedulers_drive_it_as_they_drive_torch_optim(make_scheduler):
+SCHEDULERS = {
+    "StepLR": lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    "MultiStepLR": lambda opt: lr_scheduler.MultiStepLR(opt, milestones=[2, 5, 9], gamma=0.3),
+    "ExponentialLR": lambda opt: lr_scheduler.ExponentialLR(opt, gamma=0.8),
+    "CosineAnnealingLR": lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=6, eta_min=1e-4),
+    "CosineAnnealingWarmRestarts": lambda opt: lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=2),
+    "OneCycleLR": lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12),
+    "CyclicLR": lambda opt: lr_scheduler.CyclicLR(opt, 1e-3, 0.05, step_size_up=3, cycle_momentum=False),
+    "CyclicLR with momentum": lambda opt: lr_scheduler.CyclicLR(
+        opt, 1e-3, 0.05, step_size_up=3, base_momentum=0.8, max_momentum=0.95
+    ),
+    "LinearLR": lambda opt: lr_scheduler.LinearLR(opt, start_factor=0.2, total_iters=5),
+    "SequentialLR": lambda opt: lr_scheduler.SequentialLR(
+        opt, [lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=3), lr_scheduler.ExponentialLR(opt, 0.9)], [3]
+    ),
+    "ChainedScheduler": lambda opt: lr_scheduler.ChainedScheduler(
+        [lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=4), lr_scheduler.ExponentialLR(opt, gamma=0.9)]
+    ),
+    "LambdaLR": lambda opt: lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (1 + epoch)),
+    "ReduceLROnPlateau": lambda opt: lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.5),
+}
+# One algorithm with SGD's momentum, one with Adam's betas (cycled as momentum), one with neither.
+SCHEDULED = {"SGD": dict(lr=0.05, momentum=0.9), "Adam": dict(lr=0.05), "RMSprop": dict(lr=0.01, momentum=0.9)}
+
+
+def _without_callables(state):
+    """A scheduler state dict without the functions some keep (not comparable across runs)."""
+    if isinstance(state, dict):
+        return {k: _without_callables(v) for k, v in state.items() if not callable(v) and k != "_scale_fn_ref"}
+    if isinstance(state, list):
+        return [_without_callables(v) for v in state]
+    return state
+
+
+@pytest.mark.parametrize("algorithm", sorted(SCHEDULED))
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_lr_schedulers_drive_it_as_they_drive_torch_optim(scheduler, algorithm):
+    """Same weights, same learning rates, same scheduler state dict as with torch.optim."""
+    kwargs = SCHEDULED[algorithm]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
-        ours, _, ours_schedule = train(optimizers.SGD, steps=10, scheduler=make_scheduler, lr=0.1, momentum=0.9)
-        theirs, _, theirs_schedule = train(torch.optim.SGD, steps=10, scheduler=make_scheduler, lr=0.1, momentum=0.9)
+        ours, ours_opt, ours_schedule = train(
+            getattr(optimizers, algorithm), steps=12, scheduler=SCHEDULERS[scheduler], **kwargs
+        )
+        theirs, theirs_opt, theirs_schedule = train(
+            getattr(torch.optim, algorithm), steps=12, scheduler=SCHEDULERS[scheduler], **kwargs
+        )
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    ours_state, theirs_state = ours_schedule.state_dict(), theirs_schedule.state_dict()
-    for state in (ours_state, theirs_state):
-        state.pop("lr_lambdas", None)
-        state.pop("anneal_func", None)
-        state.pop("_anneal_func_type", None)
-    assert ours_state == theirs_state
+    assert ours_opt.state_dict()["param_groups"] == theirs_opt.state_dict()["param_groups"]
+    assert _without_callables(ours_schedule.state_dict()) == _without_callables(theirs_schedule.state_dict())
 
 
 def test_grad_scaler_steps_it_and_skips_non_finite_steps():
