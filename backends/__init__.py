@@ -78,6 +78,15 @@ class Backend(Protocol):
         """One saved state array (of any framework) as this backend's array, cast like torch.optim does."""
 
 
+def run_update(backend: Backend, rule: Rule, param: Any, grad: Any, state: dict, h: Any) -> tuple[Any, dict]:
+    """``rule.update`` for one parameter, through the (real, imag) view where the rule asks for it."""
+    if not (rule.real_view and backend.is_complex(param)):
+        return rule.update(backend.ops, param, grad, state, h)
+    real_state = {k: backend.as_real(v) for k, v in state.items()}
+    new_param, new_state = rule.update(backend.ops, backend.as_real(param), backend.as_real(grad), real_state, h)
+    return backend.as_complex(new_param), {k: backend.as_complex(v) for k, v in new_state.items()}
+
+
 def get(name: str) -> Backend:
     """The backend called ``name`` ("torch" or "jax")."""
     if name not in NAMES:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backends import Rule
+from backends import Rule, run_update
 
 
 class Param:
@@ -177,10 +177,10 @@ class JaxBackend:
         return jnp.iscomplexobj(array)
 
     def as_real(self, array: jax.Array) -> jax.Array:
-        return _as_real(array)
+        return jnp.stack([array.real, array.imag], axis=-1)
 
     def as_complex(self, array: jax.Array) -> jax.Array:
-        return _as_complex(array)
+        return jax.lax.complex(array[..., 0], array[..., 1])
 
     def apply(self, rule: Rule, work: list, state: dict) -> None:
         switches, coefficients, values, grads, states = [], [], [], [], []
@@ -209,14 +209,6 @@ def _owned_copy(value: Any) -> jax.Array:
     if hasattr(value, "detach"):  # a torch tensor: export through DLPack, which knows bfloat16
         value = value.detach().contiguous()
     return jnp.array(jnp.from_dlpack(value), copy=True)
-
-
-def _as_real(array: jax.Array) -> jax.Array:
-    return jnp.stack([array.real, array.imag], axis=-1)
-
-
-def _as_complex(array: jax.Array) -> jax.Array:
-    return jax.lax.complex(array[..., 0], array[..., 1])
 
 
 def _is_switch(value: Any) -> bool:
@@ -264,12 +256,7 @@ def _step(rule, switches, coefficients, values, grads, states):
             h = SimpleNamespace(
                 **dict(group_switches[i]), **{k: c[i].astype(precision) for k, c in group_coefficients.items()}
             )
-            if rule.real_view and jnp.iscomplexobj(value):
-                real = {k: _as_real(v) for k, v in param_state.items()}
-                new_value, new_state = rule.update(JaxOps, _as_real(value), _as_real(grad), real, h)
-                new_value, new_state = _as_complex(new_value), {k: _as_complex(v) for k, v in new_state.items()}
-            else:
-                new_value, new_state = rule.update(JaxOps, value, grad, param_state, h)
+            new_value, new_state = run_update(BACKEND, rule, value, grad, param_state, h)
             out_values.append(new_value.astype(value.dtype))
             out_states.append(
                 {k: v.astype(param_state[k].dtype if k in param_state else value.dtype) for k, v in new_state.items()}

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import Rule
+from backends import Rule, run_update
 
 
 class TorchOps:
@@ -145,15 +145,7 @@ class TorchBackend:
                     held = state.get(param, {})
                     arrays = {k: v for k, v in held.items() if k not in rule.counters}
                     h = SimpleNamespace(**param_scalars)
-                    if rule.real_view and param.is_complex():
-                        real = {k: torch.view_as_real(v) for k, v in arrays.items()}
-                        new_param, new_arrays = rule.update(
-                            TorchOps, torch.view_as_real(param), torch.view_as_real(param.grad), real, h
-                        )
-                        new_param = torch.view_as_complex(new_param)
-                        new_arrays = {k: torch.view_as_complex(v) for k, v in new_arrays.items()}
-                    else:
-                        new_param, new_arrays = rule.update(TorchOps, param, param.grad, arrays, h)
+                    new_param, new_arrays = run_update(self, rule, param, param.grad, arrays, h)
                     if new_param is not param:
                         param.copy_(new_param)
                     _write_state(held, {**param_counters, **new_arrays})
