@@ -127,7 +127,8 @@ class TorchBackend:
         param.grad.zero_()
 
     def host_scalar(self, value: np.ndarray) -> torch.Tensor:
-        return torch.tensor(value)
+        # as_tensor, not tensor: under torch.compile the NumPy value arrives as a tensor already.
+        return torch.as_tensor(value).clone()
 
     def is_complex(self, array: torch.Tensor) -> bool:
         return array.is_complex()

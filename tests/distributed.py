@@ -1,0 +1,91 @@
+"""Worker processes for the multi-process tests: DDP and ZeroRedundancyOptimizer over gloo on 127.0.0.1.
+
+Each worker trains the same small model on its half of one batch, then saves what the
+parent process checks.  Both optimizers run in every worker, so the parent compares
+``optimizers.Adam`` with ``torch.optim.Adam`` under exactly the same collective arithmetic.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel
+
+import optimizers
+
+WORLD_SIZE = 2
+STEPS = 5
+LR = 0.05
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 6, generator=generator), torch.randn(8, 3, generator=generator)) for _ in range(STEPS)]
+
+
+def train(network: torch.nn.Module, optimizer, data, rank: int | None = None) -> None:
+    for inputs, targets in data:
+        if rank is not None:  # this rank's half of the batch
+            half = inputs.shape[0] // WORLD_SIZE
+            inputs, targets = inputs[rank * half:(rank + 1) * half], targets[rank * half:(rank + 1) * half]
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(network(inputs), targets).backward()
+        optimizer.step()
+
+
+def _join(rank: int, port: int) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
+
+
+def ddp_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    try:
+        result = {}
+        for name, cls in (("optimizers", optimizers.Adam), ("torch.optim", torch.optim.Adam)):
+            network = DistributedDataParallel(model())
+            train(network, cls(network.parameters(), lr=LR), batches(), rank)
+            result[name] = [p.detach().clone() for p in network.module.parameters()]
+        torch.save(result, os.path.join(out, f"ddp-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def zero_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    try:
+        result, data = {}, batches()
+        for name, cls in (("optimizers", optimizers.Adam), ("torch.optim", torch.optim.Adam)):
+            network = DistributedDataParallel(model())
+            optimizer = ZeroRedundancyOptimizer(network.parameters(), optimizer_class=cls, lr=LR)
+            train(network, optimizer, data[:3], rank)
+            result[f"{name} local state"] = len(optimizer.optim.state)
+            optimizer.consolidate_state_dict(to=0)
+            path = os.path.join(out, f"zero-{name}-checkpoint.pt")
+            if rank == 0:
+                torch.save({"model": network.module.state_dict(), "optimizer": optimizer.state_dict()}, path)
+            dist.barrier()
+            train(network, optimizer, data[3:], rank)
+            result[name] = [p.detach().clone() for p in network.module.parameters()]
+
+            # A fresh run resumes from the consolidated checkpoint and must end where this one did.
+            checkpoint = torch.load(path, weights_only=True)
+            resumed = model()
+            resumed.load_state_dict(checkpoint["model"])
+            resumed = DistributedDataParallel(resumed)
+            resumed_optimizer = ZeroRedundancyOptimizer(resumed.parameters(), optimizer_class=cls, lr=LR)
+            resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+            train(resumed, resumed_optimizer, data[3:], rank)
+            result[f"{name} resumed"] = [p.detach().clone() for p in resumed.module.parameters()]
+        torch.save(result, os.path.join(out, f"zero-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
