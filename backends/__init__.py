@@ -16,15 +16,60 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Protocol
 
+import numpy as np
+
 NAMES = ("torch", "jax")
 
 
 class Rule(NamedTuple):
-    """How to run an algorithm's update, told to a backend that knows no algorithm."""
+    """How to run an algorithm, told to a backend that knows no algorithm.
 
+    ``coefficients`` and ``schedule`` are scalar arithmetic written against a ``math``
+    namespace (see :class:`HostMath`), so a backend may run them on the host with Python
+    floats, as torch.optim does, or traced inside a compiled step.
+    """
+
+    switches: Callable  # switches(group) -> dict of bool/str/None: the rule's branches, decided on the host
+    coefficients: Callable  # coefficients(math, numbers) -> dict: scalars from the group's numeric values
+    schedule: Callable  # schedule(math, h, counters) -> (dict of per-parameter scalars, advanced counters)
+    initial_state: Callable  # initial_state(ops, param, h) -> dict of arrays before the first step
     update: Callable  # update(ops, param, grad, state, h) -> (param, state)
-    counters: tuple[str, ...]  # state kept on the host: never passed to update, written from the plan
+    counters: tuple[str, ...]  # names of the scalar state schedule advances; update never sees it
+    initial_counters: tuple[float, ...]  # their values before the first step
     real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
+
+
+class HostMath:
+    """Scalar arithmetic on the host, in Python floats: torch.optim's own scalar arithmetic."""
+
+    @staticmethod
+    def float(value: Any) -> float:
+        """A count or a 0-d tensor as a float64 number."""
+        return float(value)
+
+    @staticmethod
+    def where(condition: Any, if_true: Any, if_false: Any) -> Any:
+        return if_true if condition else if_false
+
+    @staticmethod
+    def cast_like(value: Any, like: Any) -> Any:
+        """``value`` in the dtype of the counter ``like`` (NumPy scalars keep float32 rounding)."""
+        return np.asarray(value, dtype=np.asarray(like).dtype)[()]
+
+
+def is_switch(value: Any) -> bool:
+    """Bools, strings and None select branches of a rule; everything else in a group is a number."""
+    return value is None or isinstance(value, (bool, str))
+
+
+def numbers(group: Mapping[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """The numeric hyperparameters of ``group`` (tuples such as betas kept as tuples), each converted."""
+    found = {}
+    for key, value in group.items():
+        if key in ("params", "param_names") or is_switch(value):
+            continue
+        found[key] = tuple(convert(v) for v in value) if isinstance(value, (tuple, list)) else convert(value)
+    return found
 
 
 class Backend(Protocol):
@@ -54,7 +99,7 @@ class Backend(Protocol):
     def zero_grad(self, param: Any, set_to_none: bool) -> None:
         """Clear a parameter's gradient."""
 
-    def host_scalar(self, value: Any) -> Any:
+    def store_counter(self, value: np.ndarray) -> Any:
         """A counter (0-d NumPy array) in the form this backend stores it."""
 
     def is_complex(self, array: Any) -> bool:
@@ -67,11 +112,11 @@ class Backend(Protocol):
         """The inverse of :meth:`as_real`."""
 
     def apply(self, rule: Rule, work: list, state: dict) -> None:
-        """Run ``rule.update`` for every parameter and write the results.
+        """Run ``rule`` for every parameter and write the new parameters and state.
 
-        ``work`` holds, per group, ``(group, params, scalars per param, counters per param)``;
-        the update sees each parameter's state without the counters, which are
-        written from ``work`` instead.
+        ``work`` holds, per group, ``(group, params, h)``: ``h`` is the group's switches and
+        coefficients evaluated on the host.  Every parameter in ``work`` has a gradient and
+        an initialized state.
         """
 
     def load_state_value(self, value: Any, param: Any) -> Any:
@@ -85,6 +130,18 @@ def run_update(backend: Backend, rule: Rule, param: Any, grad: Any, state: dict,
     real_state = {k: backend.as_real(v) for k, v in state.items()}
     new_param, new_state = rule.update(backend.ops, backend.as_real(param), backend.as_real(grad), real_state, h)
     return backend.as_complex(new_param), {k: backend.as_complex(v) for k, v in new_state.items()}
+
+
+def initial_state(backend: Backend, rule: Rule, param: Any, h: Any, counter_dtype: type) -> dict[str, Any]:
+    """A parameter's state before its first step: counters, then the rule's arrays."""
+    counters = {
+        k: backend.store_counter(np.asarray(v, counter_dtype)) for k, v in zip(rule.counters, rule.initial_counters)
+    }
+    if rule.real_view and backend.is_complex(param):
+        # e.g. Adagrad's accumulator starts at (v, v), as in torch.optim
+        arrays = rule.initial_state(backend.ops, backend.as_real(param), h)
+        return {**counters, **{k: backend.as_complex(v) for k, v in arrays.items()}}
+    return {**counters, **rule.initial_state(backend.ops, param, h)}
 
 
 def get(name: str) -> Backend:

@@ -11,7 +11,6 @@ and never changes a parameter's dtype.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -19,8 +18,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 
-from backends import Rule, run_update
+from backends import Rule, numbers, run_update
 
 
 class Param:
@@ -90,6 +90,7 @@ class JaxOps:
         """JAX gradients are dense already."""
         return x
 
+    where = staticmethod(jnp.where)
     sqrt = staticmethod(jnp.sqrt)
     maximum = staticmethod(jnp.maximum)
     abs = staticmethod(jnp.abs)
@@ -169,9 +170,8 @@ class JaxBackend:
         if param.grad is not None:
             param.grad = None if set_to_none else jnp.zeros_like(param.grad)
 
-    def host_scalar(self, value: np.ndarray) -> np.ndarray:
-        # Counters stay on the host: reading them each step never waits for the device.
-        return np.array(value)
+    def store_counter(self, value: np.ndarray) -> jax.Array:
+        return jnp.array(value)
 
     def is_complex(self, array: jax.Array) -> bool:
         return jnp.iscomplexobj(array)
@@ -183,21 +183,19 @@ class JaxBackend:
         return jax.lax.complex(array[..., 0], array[..., 1])
 
     def apply(self, rule: Rule, work: list, state: dict) -> None:
-        switches, coefficients, values, grads, states = [], [], [], [], []
-        for _, params, scalars, _ in work:
-            switches.append(tuple(tuple(sorted((k, v) for k, v in s.items() if _is_switch(v))) for s in scalars))
-            names = [k for k, v in scalars[0].items() if not _is_switch(v)]
-            coefficients.append({k: np.array([float(s[k]) for s in scalars]) for k in names})
+        switches, numbers, values, grads, states = [], [], [], [], []
+        for group, params, _ in work:
+            switches.append(_static(rule.switches(group)))
+            numbers.append(hyperparameters(group))
             values.append([p.value for p in params])
             grads.append([p.grad for p in params])
-            states.append([{k: v for k, v in state.get(p, {}).items() if k not in rule.counters} for p in params])
-        new_values, new_states = _step(rule, tuple(switches), coefficients, values, grads, states)
-        for (_, params, _, counters), group_values, group_states in zip(work, new_values, new_states):
-            for param, value, arrays, param_counters in zip(params, group_values, group_states, counters):
+            states.append([state.get(p, {}) for p in params])
+        new_values, new_states = _step(rule, tuple(switches), numbers, values, grads, states)
+        for (_, params, _), group_values, group_states in zip(work, new_values, new_states):
+            for param, value, param_state in zip(params, group_values, group_states):
                 param.value = value
-                held = {**state.get(param, {}), **param_counters, **arrays}
-                if held:
-                    state[param] = held
+                if param_state:
+                    state[param] = {**state.get(param, {}), **param_state}
 
     def load_state_value(self, value: Any, param: Param) -> jax.Array:
         array = value if isinstance(value, jax.Array) else _owned_copy(value)
@@ -209,10 +207,6 @@ def _owned_copy(value: Any) -> jax.Array:
     if hasattr(value, "detach"):  # a torch tensor: export through DLPack, which knows bfloat16
         value = value.detach().contiguous()
     return jnp.array(jnp.from_dlpack(value), copy=True)
-
-
-def _is_switch(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, str))
 
 
 def _where(path) -> str:
@@ -241,29 +235,71 @@ def _checked_gradient(grad: Any, param: Param) -> jax.Array | None:
     return grad if grad.dtype == param.dtype else grad.astype(param.dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _step(rule, switches, coefficients, values, grads, states):
-    """One program for the whole step; switches are compiled in, coefficients are float64 data."""
+class TracedMath:
+    """:class:`backends.HostMath` for scalars traced inside a compiled step (float64 under x64)."""
+
+    @staticmethod
+    def float(value):
+        # Weakly typed, as a Python float: against a float32 hyperparameter array (a tensor
+        # lr) the arithmetic stays float32, as torch's does with a Python scalar.
+        return _convert_element_type(value, jnp.result_type(float), weak_type=True)
+
+    where = staticmethod(jnp.where)
+
+    @staticmethod
+    def cast_like(value, like):
+        return jnp.asarray(value).astype(jnp.asarray(like).dtype)
+
+
+def hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's numeric hyperparameters as the compiled step's data.
+
+    Python numbers become weakly typed scalars, so they round as torch's Python
+    scalars do against a tensor's dtype; arrays (a tensor-like lr) keep their dtype.
+    """
+    return numbers(group, lambda value: jnp.reshape(value, ()) if hasattr(value, "shape") else jnp.asarray(float(value)))
+
+
+def _static(switches: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(switches.items()))
+
+
+def _in_precision(value: Any, precision: Any) -> Any:
+    # Coefficients round to the parameter's precision, as torch casts a Python scalar;
+    # low-precision parameters compute in float32, as torch's kernels do.
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.floating):
+        return value.astype(precision)
+    return value
+
+
+def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
+    """One parameter's step inside a trace: its schedule from its own counters, then the rule."""
+    counters = {k: param_state[k] for k in rule.counters}
+    arrays = {k: v for k, v in param_state.items() if k not in rule.counters}
+    scheduled, advanced = rule.schedule(TracedMath, SimpleNamespace(**shared), counters)
+    precision = jnp.promote_types(jnp.finfo(value.dtype).dtype, jnp.float32)
+    h = SimpleNamespace(**{k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
+    new_value, new_arrays = run_update(BACKEND, rule, value, grad, arrays, h)
+    new_state = {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
+    new_state.update({k: v.astype(arrays[k].dtype if k in arrays else value.dtype) for k, v in new_arrays.items()})
+    return new_value.astype(value.dtype), new_state
+
+
+def _traced_step(rule, switches, numbers, values, grads, states):
+    """A whole step, traced: every group's coefficients, then every parameter's rule."""
     new_values, new_states = [], []
-    for group_switches, group_coefficients, group_values, group_grads, group_states in zip(
-        switches, coefficients, values, grads, states
+    for group_switches, group_numbers, group_values, group_grads, group_states in zip(
+        switches, numbers, values, grads, states
     ):
-        out_values, out_states = [], []
-        for i, (value, grad, param_state) in enumerate(zip(group_values, group_grads, group_states)):
-            # Coefficients round to the parameter's precision, as torch casts a Python scalar;
-            # low-precision parameters compute in float32, as torch's kernels do.
-            precision = jnp.promote_types(jnp.finfo(value.dtype).dtype, jnp.float32)
-            h = SimpleNamespace(
-                **dict(group_switches[i]), **{k: c[i].astype(precision) for k, c in group_coefficients.items()}
-            )
-            new_value, new_state = run_update(BACKEND, rule, value, grad, param_state, h)
-            out_values.append(new_value.astype(value.dtype))
-            out_states.append(
-                {k: v.astype(param_state[k].dtype if k in param_state else value.dtype) for k, v in new_state.items()}
-            )
-        new_values.append(out_values)
-        new_states.append(out_states)
+        shared = {**dict(group_switches), **rule.coefficients(TracedMath, group_numbers)}
+        stepped = [_leaf_step(rule, shared, *leaf) for leaf in zip(group_values, group_grads, group_states)]
+        new_values.append([value for value, _ in stepped])
+        new_states.append([param_state for _, param_state in stepped])
     return new_values, new_states
+
+
+#: The object-oriented step: one program for the whole step (switches compiled in).
+_step = jax.jit(_traced_step, static_argnums=(0, 1))
 
 
 BACKEND = JaxBackend()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import Rule, run_update
+from backends import HostMath, Rule, run_update
 
 
 class TorchOps:
@@ -47,6 +47,13 @@ class TorchOps:
     def dense(x):
         """A sparse gradient as the dense array it stands for."""
         return x.to_dense() if x.is_sparse else x
+
+    @staticmethod
+    def where(condition, if_true, if_false):
+        """Elementwise choice; a Python bool (a host-side schedule's) picks one array whole."""
+        if isinstance(condition, bool):
+            return if_true if condition else if_false
+        return torch.where(condition, if_true, if_false)
 
     sqrt = staticmethod(torch.sqrt)
     maximum = staticmethod(torch.maximum)
@@ -126,7 +133,7 @@ class TorchBackend:
             param.grad.requires_grad_(False)
         param.grad.zero_()
 
-    def host_scalar(self, value: np.ndarray) -> torch.Tensor:
+    def store_counter(self, value: np.ndarray) -> torch.Tensor:
         # as_tensor, not tensor: under torch.compile the NumPy value arrives as a tensor already.
         return torch.as_tensor(value).clone()
 
@@ -140,16 +147,24 @@ class TorchBackend:
         return torch.view_as_complex(array)
 
     def apply(self, rule: Rule, work: list, state: dict) -> None:
-        for group, params, scalars, counters in work:
+        for group, params, h in work:
+            schedules: dict[tuple, tuple[dict, dict]] = {}  # parameters usually share their counters
             with torch.set_grad_enabled(bool(group.get("differentiable", False))):
-                for param, param_scalars, param_counters in zip(params, scalars, counters):
+                for param in params:
                     held = state.get(param, {})
+                    counters = {k: np.asarray(held[k])[()] for k in rule.counters}
+                    key = tuple(counters.values())
+                    if key not in schedules:
+                        schedules[key] = rule.schedule(HostMath, h, counters)
+                    scheduled, advanced = schedules[key]
+                    # Scalars derived from counters or tensors reach the kernels as the Python
+                    # floats torch.optim hands them.
+                    param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
                     arrays = {k: v for k, v in held.items() if k not in rule.counters}
-                    h = SimpleNamespace(**param_scalars)
-                    new_param, new_arrays = run_update(self, rule, param, param.grad, arrays, h)
+                    new_param, new_arrays = run_update(self, rule, param, param.grad, arrays, param_h)
                     if new_param is not param:
                         param.copy_(new_param)
-                    _write_state(held, {**param_counters, **new_arrays})
+                    _write_state(held, {**advanced, **new_arrays})
                     if held and param not in state:
                         state[param] = held
 
@@ -159,6 +174,10 @@ class TorchBackend:
         if param.is_floating_point():
             return tensor.to(dtype=param.dtype, device=param.device)
         return tensor.to(device=param.device)
+
+
+def _host_float(value: Any) -> Any:
+    return float(value) if isinstance(value, (np.floating, torch.Tensor)) else value
 
 
 def _write_state(held: dict, new_state: Mapping) -> None:

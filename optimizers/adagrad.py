@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, check_array_lr, check_fused, check_nonnegative
-from .terms import decay_scalars, direction
+from .terms import decay_coefficients, decay_switches, direction
 
 __all__ = ["Adagrad", "RMSprop", "Adadelta"]
 
 
-def _common_scalars(group: dict[str, Any]) -> dict[str, Any]:
-    return dict(decay_scalars(group), eps=float(group["eps"]))
+def _coefficients(numbers: dict[str, Any]) -> dict[str, Any]:
+    return dict(decay_coefficients(numbers), eps=numbers["eps"])
 
 
-def _count_step(h, counters):
+def _count_step(math, h, counters):
     """These rules count steps (torch.optim's state has ``step``) without using the count."""
     return {}, {"step": counters["step"] + 1}
 
@@ -76,18 +76,20 @@ class Adagrad(Optimizer):
         super().__init__(params, defaults, backend=backend)
         self._initialize_all_state()
 
+    switches = staticmethod(decay_switches)
+
     @staticmethod
-    def scalars(group):
+    def coefficients(math, numbers):
         return dict(
-            _common_scalars(group),
-            lr_decay=float(group["lr_decay"]),
-            initial_accumulator_value=float(group["initial_accumulator_value"]),
+            _coefficients(numbers),
+            lr_decay=numbers["lr_decay"],
+            initial_accumulator_value=numbers["initial_accumulator_value"],
         )
 
     @staticmethod
-    def schedule(h, counters):
+    def schedule(math, h, counters):
         step = counters["step"] + 1
-        return dict(clr=h.lr / (1 + (float(step) - 1) * h.lr_decay)), {"step": step}
+        return dict(clr=h.lr / (1 + (math.float(step) - 1) * h.lr_decay)), {"step": step}
 
     @staticmethod
     def initial_state(ops, param, h):
@@ -160,16 +162,13 @@ class RMSprop(Optimizer):
         super().__init__(params, defaults, backend=backend)
 
     @staticmethod
-    def scalars(group):
-        alpha, momentum = float(group["alpha"]), float(group["momentum"])
-        return dict(
-            _common_scalars(group),
-            centered=bool(group["centered"]),
-            has_momentum=momentum > 0,
-            alpha=alpha,
-            one_minus_alpha=1 - alpha,
-            momentum=momentum,
-        )
+    def switches(group):
+        return dict(decay_switches(group), centered=bool(group["centered"]), has_momentum=group["momentum"] > 0)
+
+    @staticmethod
+    def coefficients(math, numbers):
+        alpha = numbers["alpha"]
+        return dict(_coefficients(numbers), alpha=alpha, one_minus_alpha=1 - alpha, momentum=numbers["momentum"])
 
     schedule = staticmethod(_count_step)
 
@@ -244,10 +243,12 @@ class Adadelta(Optimizer):
         )
         super().__init__(params, defaults, backend=backend)
 
+    switches = staticmethod(decay_switches)
+
     @staticmethod
-    def scalars(group):
-        rho = float(group["rho"])
-        return dict(_common_scalars(group), rho=rho, one_minus_rho=1 - rho)
+    def coefficients(math, numbers):
+        rho = numbers["rho"]
+        return dict(_coefficients(numbers), rho=rho, one_minus_rho=1 - rho)
 
     schedule = staticmethod(_count_step)
 

@@ -9,24 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, check_array_lr, check_betas, check_fused, check_nonnegative
-from .terms import decay_scalars, decoupled_decay, direction, scalar
+from .terms import decay_coefficients, decay_switches, decoupled_decay, direction
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 
 
-def _common_scalars(group: dict[str, Any]) -> dict[str, Any]:
+def _switches(group: dict[str, Any]) -> dict[str, Any]:
+    return decay_switches(group, decoupled=bool(group.get("decoupled_weight_decay", False)))
+
+
+def _coefficients(math: Any, numbers: dict[str, Any]) -> dict[str, Any]:
     """What every Adam-family rule reads: direction, weight decay and the moments' decay rates."""
-    beta1, beta2 = (scalar(beta) for beta in group["betas"])
+    beta1, beta2 = numbers["betas"]
     return dict(
-        decay_scalars(group, decoupled=bool(group.get("decoupled_weight_decay", False))),
+        decay_coefficients(numbers),
         beta1=beta1,
         beta2=beta2,
         # For tensor betas torch.optim moves beta1 to the parameter's dtype before
         # `1 - beta1` (one rounding of the exact difference: float64 here, then the
         # kernel's cast, gives the same) but computes `1 - beta2` in beta2's dtype.
-        one_minus_beta1=1 - float(beta1),
+        one_minus_beta1=1 - math.float(beta1),
         one_minus_beta2=1 - beta2,
-        eps=float(group["eps"]),
+        eps=numbers["eps"],
     )
 
 
@@ -130,14 +134,16 @@ class Adam(Optimizer):
         super().__init__(params, defaults, backend=backend)
 
     @staticmethod
-    def scalars(group):
-        return dict(_common_scalars(group), amsgrad=bool(group["amsgrad"]))
+    def switches(group):
+        return dict(_switches(group), amsgrad=bool(group["amsgrad"]))
+
+    coefficients = staticmethod(_coefficients)
 
     @staticmethod
-    def schedule(h, counters):
+    def schedule(math, h, counters):
         step = counters["step"] + 1
-        bias_correction1 = 1 - h.beta1 ** float(step)
-        bias_correction2 = 1 - h.beta2 ** float(step)
+        bias_correction1 = 1 - h.beta1 ** math.float(step)
+        bias_correction2 = 1 - h.beta2 ** math.float(step)
         return dict(step_size=h.lr / bias_correction1, bias_correction2_sqrt=bias_correction2**0.5), {"step": step}
 
     @staticmethod
@@ -250,12 +256,13 @@ class Adamax(Optimizer):
         )
         super().__init__(params, defaults, backend=backend)
 
-    scalars = staticmethod(_common_scalars)
+    switches = staticmethod(_switches)
+    coefficients = staticmethod(_coefficients)
 
     @staticmethod
-    def schedule(h, counters):
+    def schedule(math, h, counters):
         step = counters["step"] + 1
-        return dict(clr=h.lr / (1 - h.beta1 ** float(step))), {"step": step}
+        return dict(clr=h.lr / (1 - h.beta1 ** math.float(step))), {"step": step}
 
     @staticmethod
     def initial_state(ops, param, h):
@@ -322,21 +329,24 @@ class NAdam(Optimizer):
         )
         super().__init__(params, defaults, backend=backend)
 
-    @staticmethod
-    def scalars(group):
-        return dict(_common_scalars(group), momentum_decay=float(group["momentum_decay"]))
+    switches = staticmethod(_switches)
 
     @staticmethod
-    def schedule(h, counters):
+    def coefficients(math, numbers):
+        return dict(_coefficients(math, numbers), momentum_decay=numbers["momentum_decay"])
+
+    @staticmethod
+    def schedule(math, h, counters):
         step = counters["step"] + 1
-        t = float(step)
+        t = math.float(step)
         mu = h.beta1 * (1.0 - 0.5 * (0.96 ** (t * h.momentum_decay)))
         mu_next = h.beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * h.momentum_decay)))
-        mu_product = counters["mu_product"] * mu  # in the counter's float32, as torch's `mu_product *= mu`
-        mu_product_next = float(mu_product) * mu_next
+        # In the counter's float32, as torch's `mu_product *= mu` rounds mu first:
+        mu_product = counters["mu_product"] * math.cast_like(mu, counters["mu_product"])
+        mu_product_next = math.float(mu_product) * mu_next
         return dict(
             bias_correction2=1 - h.beta2**t,
-            grad_step=-h.lr * (1.0 - mu) / (1.0 - float(mu_product)),
+            grad_step=-h.lr * (1.0 - mu) / (1.0 - math.float(mu_product)),
             momentum_step=(-h.lr * mu_next) / (1.0 - mu_product_next),
         ), {"step": step, "mu_product": mu_product}
 
@@ -404,19 +414,20 @@ class RAdam(Optimizer):
         )
         super().__init__(params, defaults, backend=backend)
 
-    scalars = staticmethod(_common_scalars)
+    switches = staticmethod(_switches)
+    coefficients = staticmethod(_coefficients)
 
     @staticmethod
-    def schedule(h, counters):
+    def schedule(math, h, counters):
         step = counters["step"] + 1
-        t = float(step)
+        t = math.float(step)
         bias_correction2 = 1 - h.beta2**t
         rho_inf = 2 / (1 - h.beta2) - 1
         rho_t = rho_inf - 2 * t * (h.beta2**t) / bias_correction2
         rectify = rho_t > 5.0
-        rectification = (
-            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectify else 1.0
-        )
+        # While rho_t <= 4 the radicand is negative: its root is taken but not used.
+        radicand = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        rectification = math.where(rectify, radicand**0.5, 1.0)
         return dict(
             rectify=rectify,
             rectification=rectification,
@@ -433,7 +444,6 @@ class RAdam(Optimizer):
         param, grad = decoupled_decay(param, h), direction(ops, param, grad, h)
         exp_avg, exp_avg_sq = _moments(ops, grad, state, h)
         step = exp_avg / h.bias_correction1 * h.lr
-        if h.rectify:
-            adaptive_lr = h.bias_correction2_sqrt / (ops.sqrt(exp_avg_sq) + h.eps)
-            step = step * adaptive_lr * h.rectification
+        adaptive_lr = h.bias_correction2_sqrt / (ops.sqrt(exp_avg_sq) + h.eps)
+        step = ops.where(h.rectify, step * adaptive_lr * h.rectification, step)
         return ops.add(param, step, alpha=-1.0), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}

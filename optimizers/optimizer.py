@@ -32,26 +32,34 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     ``zero_grad`` and ``add_param_group``.
 
     An algorithm is a subclass that validates its hyperparameters and defines
-    two functions, written once for both backends:
+    its rule once, for both backends:
 
-    ``scalars(group) -> dict``
-        Runs on the host, in Python float64, at every step: the values the rule
-        reads from a param group.  Bools, strings and None are *switches* (they
-        select the rule's branches and are compiled into a JAX program); numbers
-        are *coefficients* (data: a schedule changing them never recompiles).
-        Scalar arithmetic such as ``1 - dampening`` belongs here, so both
-        backends round it the same way torch.optim does.
+    ``switches(group) -> dict``
+        Bools, strings and None read from a param group: they select the rule's
+        branches (``nesterov``, ``weight_decay != 0``) and are compiled into a
+        JAX program.  Decided on the host.
+
+    ``coefficients(math, numbers) -> dict``
+        Scalar arithmetic on the group's numeric hyperparameters (``1 - beta1``,
+        ``1 - lr * weight_decay``).  On torch it runs on the host in Python
+        floats, rounding as torch.optim's own scalar arithmetic; on JAX it runs
+        inside the compiled step on float64 arrays, so hyperparameters are data
+        and a schedule changing them never recompiles.
 
     ``update(ops, param, grad, state, h) -> (param, state)``
         The rule for one parameter, pure: it returns the new parameter and its
-        new state dict and mutates nothing.  ``h`` holds ``scalars(group)`` (and
-        ``schedule``'s output) as attributes; ``ops`` holds the backend's array
-        operations, each rounding as the torch kernel of the same name.
+        new state dict and mutates nothing.  ``h`` holds the switches,
+        coefficients and ``schedule``'s output as attributes; ``ops`` holds the
+        backend's array operations, each rounding as the torch kernel of the
+        same name.
 
     and, where it keeps state, ``initial_state`` (the arrays torch.optim creates
-    at a parameter's first step), ``counters`` (per-parameter host scalars such
-    as ``step``) and ``schedule(h, counters)`` (per-parameter host scalars such
-    as bias corrections, computed in float64 as torch.optim computes them).
+    at a parameter's first step), ``counters`` (per-parameter scalar state such
+    as ``step``) and ``schedule(math, h, counters)`` (per-parameter scalars such
+    as bias corrections, computed from the parameter's own counters as
+    torch.optim computes them).  ``math`` (:class:`backends.HostMath` or its
+    traced twin) supplies the few scalar functions that differ between Python
+    floats and traced arrays.
 
     The backend is inferred from the parameters (torch tensors -> ``"torch"``,
     JAX arrays -> ``"jax"``) or forced with ``backend=``.
@@ -85,9 +93,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     # -- what an algorithm defines ------------------------------------------------
 
-    #: Per-parameter scalar state kept on the host, with its initial value (e.g. ``{"step": 0.0}``).
-    #: Stored as torch.optim stores it (a 0-d float32 tensor on torch, a 0-d NumPy array on JAX)
-    #: and advanced by :meth:`schedule`; the rule never sees it.
+    #: Per-parameter scalar state with its initial value (e.g. ``{"step": 0.0}``), stored as
+    #: torch.optim stores it (a 0-d float32 tensor on torch, a 0-d array on JAX) and
+    #: advanced by :meth:`schedule`; the rule never sees it.
     counters: dict[str, float] = {}
 
     #: The RuntimeError message for a sparse gradient, or None if the rule accepts them.
@@ -98,17 +106,22 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     complex_as_real: bool = True
 
     @staticmethod
-    @abc.abstractmethod
-    def scalars(group: dict[str, Any]) -> dict[str, Any]:
-        """The switches and coefficients the rule reads from ``group`` (host side, float64)."""
+    def switches(group: dict[str, Any]) -> dict[str, Any]:
+        """The rule's branches, read from ``group`` on the host (bools, strings, None)."""
+        return {}
 
     @staticmethod
-    def schedule(h: Any, counters: dict[str, np.floating]) -> tuple[dict[str, Any], dict[str, np.floating]]:
-        """Host side, per parameter: ``(extra scalars for the rule, advanced counters)``.
+    @abc.abstractmethod
+    def coefficients(math: Any, numbers: dict[str, Any]) -> dict[str, Any]:
+        """The scalars the rule reads, computed from the group's numeric hyperparameters."""
 
-        ``counters`` are NumPy scalars of the stored dtype, so counter arithmetic rounds
-        as torch.optim's 0-d tensors do (``step += 1`` in float32); the scalars derived
-        from them (bias corrections) are Python float64, as in torch.optim.
+    @staticmethod
+    def schedule(math: Any, h: Any, counters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Per parameter: ``(extra scalars for the rule, advanced counters)``.
+
+        Counters keep their stored dtype, so their arithmetic rounds as torch.optim's
+        0-d tensors do (``step += 1`` in float32); ``math.float(step)`` gives the
+        float64 number torch.optim derives bias corrections from.
         """
         return {}, counters
 
@@ -204,53 +217,41 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         if self.sparse_gradients_error is not None:
             if any(getattr(p.grad, "is_sparse", False) for _, params in stepping for p in params):
                 raise RuntimeError(self.sparse_gradients_error)
-        work = [self._plan(group, params) for group, params in stepping]
+        work = []
+        for group, params in stepping:
+            h = self._host_scalars(group)
+            for param in params:
+                if not self.state.get(param):
+                    initial = self._initial_state(param, h)
+                    if initial:
+                        self.state[param] = initial
+            work.append((group, params, h))
         if work:
-            self._backend.apply(backends.Rule(self.update, tuple(self.counters), self.complex_as_real), work, self.state)
+            self._backend.apply(self._rule, work, self.state)
         return loss
 
-    def _plan(self, group: dict[str, Any], params: list) -> tuple:
-        """Host side of a step for one group: lazy state, counters and per-parameter scalars.
+    @property
+    def _rule(self) -> backends.Rule:
+        return backends.Rule(
+            self.switches, self.coefficients, self.schedule, self.initial_state, self.update,
+            tuple(self.counters), tuple(self.counters.values()), self.complex_as_real,
+        )
 
-        Returns ``(group, params, scalars per parameter, new counters per parameter)``.
-        """
-        shared = self.scalars(group)
-        h = SimpleNamespace(**shared)
-        for param in params:
-            if not self.state.get(param):
-                initial = self._initial_state(param, h)
-                if initial:
-                    self.state[param] = initial
-        schedules: dict[tuple, tuple[dict, dict]] = {}  # parameters usually share their counters
-        scalars, counters = [], []
-        for param in params:
-            held = {k: np.asarray(self.state[param][k])[()] for k in self.counters}
-            key = tuple(held.values())
-            if key not in schedules:
-                schedules[key] = self.schedule(h, held)
-            coefficients, advanced = schedules[key]
-            # Scalars derived from tensors or counters reach the rule as the Python floats
-            # torch.optim hands its kernels.
-            scalars.append(
-                {k: float(v) if isinstance(v, (np.floating, torch.Tensor)) else v for k, v in {**shared, **coefficients}.items()}
-            )
-            counters.append(advanced)
-        return group, params, scalars, counters
+    def _host_scalars(self, group: dict[str, Any]) -> SimpleNamespace:
+        """A group's switches and coefficients, computed on the host as torch.optim computes them."""
+        return SimpleNamespace(
+            **self.switches(group), **self.coefficients(backends.HostMath, backends.numbers(group, scalar))
+        )
 
     def _initial_state(self, param: Any, h: Any) -> dict[str, Any]:
         """A parameter's state before its first step: counters, then the algorithm's arrays."""
-        backend, value = self._backend, self._backend.value(param)
-        counters = {k: backend.host_scalar(np.asarray(v, _counter_dtype())) for k, v in self.counters.items()}
-        if self.complex_as_real and backend.is_complex(value):
-            # e.g. Adagrad's accumulator starts at (v, v), as in torch.optim
-            arrays = self.initial_state(backend.ops, backend.as_real(value), h)
-            return {**counters, **{k: backend.as_complex(v) for k, v in arrays.items()}}
-        return {**counters, **self.initial_state(backend.ops, value, h)}
+        value = self._backend.value(param)
+        return backends.initial_state(self._backend, self._rule, value, h, _counter_dtype())
 
     def _initialize_all_state(self) -> None:
         """Create every parameter's state now rather than at its first step (torch's Adagrad does)."""
         for group in self.param_groups:
-            h = SimpleNamespace(**self.scalars(group))
+            h = self._host_scalars(group)
             for param in group["params"]:
                 self.state[param] = self._initial_state(param, h)
 
@@ -382,7 +383,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 if key in held:
                     value = held[key]
                     array = np.asarray(value) if hasattr(value, "dtype") else np.asarray(value, _counter_dtype())
-                    held[key] = self._backend.host_scalar(array)
+                    held[key] = self._backend.store_counter(array)
 
 
 def _counter_dtype() -> type:

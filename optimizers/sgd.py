@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, check_array_lr, check_fused
-from .terms import decay_scalars, direction
+from .terms import decay_coefficients, decay_switches, direction
 
 __all__ = ["SGD"]
 
@@ -98,15 +98,12 @@ class SGD(Optimizer):
         super().__init__(params, defaults, backend=backend)
 
     @staticmethod
-    def scalars(group: dict[str, Any]) -> dict[str, Any]:
-        momentum = float(group["momentum"])
-        return dict(
-            decay_scalars(group),
-            nesterov=bool(group["nesterov"]),
-            has_momentum=momentum != 0,
-            momentum=momentum,
-            undamped=1.0 - float(group["dampening"]),
-        )
+    def switches(group: dict[str, Any]) -> dict[str, Any]:
+        return dict(decay_switches(group), nesterov=bool(group["nesterov"]), has_momentum=group["momentum"] != 0)
+
+    @staticmethod
+    def coefficients(math: Any, numbers: dict[str, Any]) -> dict[str, Any]:
+        return dict(decay_coefficients(numbers), momentum=numbers["momentum"], undamped=1.0 - numbers["dampening"])
 
     @staticmethod
     def update(ops, param, grad, state, h):

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .optimizer import scalar
 
 
-def decay_scalars(group: dict[str, Any], decoupled: bool = False) -> dict[str, Any]:
-    """The host-side scalars of :func:`direction` and :func:`decoupled_decay` for ``group``."""
-    weight_decay, lr = float(group["weight_decay"]), scalar(group["lr"])
-    return dict(
-        maximize=bool(group["maximize"]),
-        l2=weight_decay != 0 and not decoupled,
-        decoupled_decay=weight_decay != 0 and decoupled,
-        weight_decay=weight_decay,
-        decay_factor=1 - lr * weight_decay,
-        lr=lr,
-    )
+def decay_switches(group: dict[str, Any], decoupled: bool = False) -> dict[str, Any]:
+    """The branches of :func:`direction` and :func:`decoupled_decay` for ``group``."""
+    decays = group["weight_decay"] != 0
+    return dict(maximize=bool(group["maximize"]), l2=decays and not decoupled, decoupled_decay=decays and decoupled)
+
+
+def decay_coefficients(numbers: dict[str, Any]) -> dict[str, Any]:
+    """The scalars of :func:`direction` and :func:`decoupled_decay`."""
+    lr, weight_decay = numbers["lr"], numbers["weight_decay"]
+    return dict(lr=lr, weight_decay=weight_decay, decay_factor=1 - lr * weight_decay)
 
 
 def direction(ops, param, grad, h):
