@@ -153,7 +153,7 @@ class TorchBackend:
                 for param in params:
                     held = state.get(param, {})
                     counters = {k: np.asarray(held[k])[()] for k in rule.counters}
-                    key = tuple(counters.values())
+                    key = tuple(float(v) for v in counters.values())
                     if key not in schedules:
                         schedules[key] = rule.schedule(HostMath, h, counters)
                     scheduled, advanced = schedules[key]

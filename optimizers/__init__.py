@@ -3,12 +3,18 @@
     import optimizers
     opt = optimizers.Adam(model.parameters(), lr=1e-3)           # torch tensors
     opt = optimizers.Adam({"w": w, "b": b}, lr=1e-3)              # a JAX pytree
+    init, update, _ = opt.functional()                            # pure functions for jax.jit
+    tx = optimizers.as_optax(opt)                                 # an optax.GradientTransformation
 """
 
 from .adagrad import Adadelta, Adagrad, RMSprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .optax_adapter import as_optax
 from .optimizer import Optimizer, required
 from .sgd import SGD
 
-__all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "Optimizer", "RAdam", "RMSprop", "SGD", "required"]
+__all__ = [
+    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "Optimizer", "RAdam", "RMSprop", "SGD", "as_optax",
+    "required",
+]
 __version__ = "0.1.0"

@@ -76,8 +76,8 @@ class Adam(Optimizer):
     it before the correction); AMSGrad takes the maximum of the raw :math:`v_t`
     and bias-corrects afterwards (optax's ``amsgrad`` keeps the maximum of the
     corrected one); weight_decay is coupled L2 (optax's ``adam`` has none).
-    Bias corrections are computed on the host in float64 from each parameter's
-    step, as torch.optim computes them, on both backends.
+    Bias corrections come from each parameter's own step, in float64 as
+    torch.optim computes them (on JAX inside the compiled step).
     """
 
     counters = {"step": 0.0}
@@ -378,8 +378,8 @@ class RAdam(Optimizer):
         \theta_t &= \theta_{t-1} - \eta \hat m_t \quad \text{otherwise (SGD with momentum)}
 
     The threshold is torch's :math:`\rho_t > 5` (the paper uses 4; optax's
-    ``radam`` takes it as ``threshold=5``).  It is decided per parameter on the
-    host from its own step.  State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+    ``radam`` takes it as ``threshold=5``).  It is decided per parameter from its
+    own step (on JAX inside the compiled program, so it never recompiles).  State: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
 
     counters = {"step": 0.0}

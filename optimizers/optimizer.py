@@ -135,6 +135,19 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def update(ops: Any, param: Any, grad: Any, state: dict[str, Any], h: Any) -> tuple[Any, dict[str, Any]]:
         """The update rule for one parameter: ``(new_param, new_state)`` (state without counters)."""
 
+    def functional(self, group: int = 0) -> Any:
+        """This optimizer as pure JAX functions: ``init(params)`` and ``update(grads, state, params, hyperparams)``.
+
+        For a training step the user compiles with ``jax.jit`` (donating parameters and
+        state if they like).  The switches (``nesterov``, ``amsgrad``, whether there is
+        weight decay) and the default hyperparameters come from param group ``group``;
+        ``update`` takes numeric hyperparameters as data.  It runs the same traced step
+        as :meth:`step` on the JAX backend.  See :class:`backends.jax_backend.Functional`.
+        """
+        chosen = self.param_groups[group]
+        jax_backend = backends.get("jax")
+        return jax_backend.functional(self._rule, chosen, self._host_scalars(chosen), _counter_dtype())
+
     # -- parameters -------------------------------------------------------------------
 
     @property
@@ -335,7 +348,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         param_of = dict(zip(saved_ids, params))
 
         def convert(value: Any, param: Any, key: Any = None) -> Any:
-            if key in self.counters:  # host scalars, stored by __setstate__ in their own dtype
+            if key in self.counters:  # stored by __setstate__, in their own dtype
                 return value
             if hasattr(value, "__dlpack__"):  # an array of any framework
                 return self._backend.load_state_value(value, param)
@@ -377,7 +390,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 if key not in group and key in signature and signature[key].default is not inspect.Parameter.empty:
                     group[key] = signature[key].default
         # Counters come back as Python numbers (old torch checkpoints), as another
-        # framework's arrays, or as device arrays: store each in this backend's host form.
+        # framework's arrays: store each as this backend stores counters.
         for held in self.state.values():
             for key in self.counters:
                 if key in held:
@@ -392,7 +405,7 @@ def _counter_dtype() -> type:
 
 
 def scalar(value: Any) -> float | torch.Tensor:
-    """A hyperparameter as the host arithmetic of :meth:`Optimizer.scalars` should see it.
+    """A hyperparameter as host-side :meth:`Optimizer.coefficients` should see it.
 
     A number becomes a Python float (float64 arithmetic).  A one-element array
     (a tensor lr, on either backend) becomes a 0-d CPU tensor of its dtype: what

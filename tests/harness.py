@@ -1,6 +1,7 @@
 """Run one optimizer over a Problem on a backend, and measure how two runs agree.
 
-Backends: ``"torch.optim"`` (the reference), ``"torch"`` and ``"jax"`` (ours).
+Backends: ``"torch.optim"`` (the reference), ``"torch"`` and ``"jax"`` (ours), and
+``"functional"``: the JAX optimizer's pure form (``init``/``update``) on all leaves at once.
 """
 
 from __future__ import annotations
@@ -32,18 +33,25 @@ class Run:
         kwargs = dict(kwargs)
         if lr_array:  # a one-element float32 array, as users write torch.tensor(0.01)
             lr = kwargs["lr"]
-            kwargs["lr"] = jnp.asarray(lr, jnp.float32) if backend == "jax" else torch.tensor(lr, dtype=torch.float32)
+            jax_side = backend in ("jax", "functional")
+            kwargs["lr"] = jnp.asarray(lr, jnp.float32) if jax_side else torch.tensor(lr, dtype=torch.float32)
         if backend == "jax":
             groups = [{"params": [jnp.asarray(problem.params[i]) for i in g]} for g in problem.groups]
             self.optimizer = entry.ours(groups, **kwargs)
+        elif backend == "functional":
+            self.leaves = [jnp.asarray(value) for value in problem.params]
+            self.form = entry.ours(self.leaves, **kwargs).functional()
+            self.functional_state = self.form.init(self.leaves)
         else:
             self.tensors = [torch.tensor(p, requires_grad=True) for p in problem.params]
             groups = [{"params": [self.tensors[i] for i in g]} for g in problem.groups]
             self.optimizer = (entry.reference if backend == "torch.optim" else entry.ours)(groups, **kwargs)
-        assert self.backend == "torch.optim" or self.optimizer.backend == backend
+        assert backend in ("torch.optim", "functional") or self.optimizer.backend == backend
 
     def step(self, grads: list[np.ndarray | None]) -> None:
-        if self.backend == "jax":
+        if self.backend == "functional":
+            self.leaves, self.functional_state = self.form.update(grads, self.functional_state, self.leaves)
+        elif self.backend == "jax":
             self.optimizer.step([[grads[i] for i in g] for g in self.problem.groups])
         else:
             for tensor, grad in zip(self.tensors, grads):
@@ -51,6 +59,8 @@ class Run:
             self.optimizer.step()
 
     def values(self) -> list[np.ndarray]:
+        if self.backend == "functional":
+            return [to_numpy(v) for v in self.leaves]
         if self.backend == "jax":
             return [to_numpy(v) for group in self.optimizer.params for v in group]
         return [to_numpy(t) for t in self.tensors]

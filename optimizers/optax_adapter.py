@@ -1,0 +1,63 @@
+"""Any optimizer of this library as an ``optax.GradientTransformation``.
+
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optimizers.as_optax(optimizers.AdamW(params, weight_decay=0.05),
+                                         lr=optax.cosine_decay_schedule(1e-3, 10_000)))
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+
+The transformation runs the optimizer's functional form (:meth:`Optimizer.functional`),
+so it computes torch.optim's rule, not optax's namesake: where the two define an
+algorithm differently (eps placement, first momentum buffer, initial accumulator), this
+gives torch's result.  optax wants updates, not new parameters: the update is
+``new - params``, which ``optax.apply_updates`` adds back exactly whenever the step is
+less than the parameter's magnitude (Sterbenz); a parameter crossing zero may land an
+ulp away from the object-oriented step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+
+class AdapterState(NamedTuple):
+    count: Any  # steps taken, the argument of hyperparameter schedules
+    inner: Any  # the functional form's state: torch.optim's entries per leaf
+
+
+def as_optax(optimizer: Any, **hyperparameters: float | Callable[[Any], Any]) -> Any:
+    """``optimizer`` as an ``optax.GradientTransformation`` (``params`` are required by ``update``).
+
+    Keyword arguments override numeric hyperparameters (``lr=``, ``betas=``, ...) with a
+    value or an optax schedule, a function of the step count; they enter the compiled
+    step as data, so a schedule never recompiles.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from backends.jax_backend import TracedMath
+
+    form = optimizer.functional()
+    unknown = sorted(set(hyperparameters) - set(form.hyperparams))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for {type(optimizer).__name__}: "
+            f"choose from {', '.join(sorted(form.hyperparams))}"
+        )
+
+    def init(params: Any) -> AdapterState:
+        return AdapterState(jnp.zeros([], jnp.int32), form.init(params))
+
+    def update(updates: Any, state: AdapterState, params: Any = None) -> tuple[Any, AdapterState]:
+        if params is None:
+            raise ValueError(f"{type(optimizer).__name__} through as_optax needs params: call update(grads, state, params)")
+        # A schedule's value stands for a number, as a float hyperparameter does (a float32
+        # array would be taken for a tensor hyperparameter and computed with in float32).
+        values = {k: TracedMath.float(v(state.count)) if callable(v) else v for k, v in hyperparameters.items()}
+        new_params, inner = form.update(updates, state.inner, params, values)
+        steps = jax.tree_util.tree_map(lambda new, old: new - old, new_params, params)
+        return steps, AdapterState(optax.safe_increment(state.count), inner)
+
+    return optax.GradientTransformation(init, update)

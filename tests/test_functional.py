@@ -1,0 +1,349 @@
+"""The JAX side as JAX users write it: a pure functional form inside their own jitted step,
+optax interoperability, sharded parameters and checkpoints of the state pytree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+import optimizers
+
+from .registry import REGISTRY
+
+ALGORITHMS = sorted(REGISTRY)
+# Options that exercise each rule's branches, including lazily created state (SGD's momentum).
+OPTIONS = {
+    "SGD": dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=0.01),
+    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+    "AdamW": dict(lr=0.01),
+    "Adamax": dict(lr=0.01),
+    "NAdam": dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
+    "RAdam": dict(lr=0.01),
+    "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
+    "Adadelta": dict(lr=0.5),
+}
+assert set(OPTIONS) == set(ALGORITHMS)
+
+
+def model_params(dtype=jnp.float64):
+    rng = np.random.default_rng(0)
+    return {
+        "dense": {"w": jnp.asarray(rng.standard_normal((4, 3)), dtype), "b": jnp.zeros(3, dtype)},
+        "scale": jnp.asarray(1.5, dtype),
+    }
+
+
+def batches(count=12):
+    rng = np.random.default_rng(1)
+    return [(jnp.asarray(rng.standard_normal((8, 4))), jnp.asarray(rng.standard_normal((8, 3)))) for _ in range(count)]
+
+
+def loss_fn(params, inputs, targets):
+    predictions = params["scale"] * jnp.tanh(inputs @ params["dense"]["w"] + params["dense"]["b"])
+    return jnp.mean((predictions - targets) ** 2)
+
+
+def leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def object_oriented_run(name, data, options):
+    optimizer = getattr(optimizers, name)(model_params(), **options)
+    for inputs, targets in data:
+        optimizer.step(jax.grad(loss_fn)(optimizer.params, inputs, targets))
+    return optimizer.params
+
+
+def assert_close_trees(got, expected, rtol=1e-13):
+    for a, b in zip(leaves(got), leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_a_jitted_donating_train_step_follows_the_object_step(name):
+    optimizer = getattr(optimizers, name)(model_params(), **OPTIONS[name])
+    init, update, _ = optimizer.functional()
+
+    @jax.jit
+    def gradients(params, inputs, targets):
+        return jax.grad(loss_fn)(params, inputs, targets)
+
+    # Parameters and state are donated: updated in place, as a JAX training loop does.
+    apply = jax.jit(update, donate_argnums=(1, 2))
+    params = model_params()
+    state = init(params)
+    structure = jax.tree_util.tree_structure(state)
+    data = batches()
+    for inputs, targets in data:
+        donated = jax.tree_util.tree_leaves(params)
+        params, state = apply(gradients(params, inputs, targets), state, params)
+        assert all(leaf.is_deleted() for leaf in donated)
+        assert jax.tree_util.tree_structure(state) == structure  # fixed, so it can be a loop carry
+    assert_close_trees(params, object_oriented_run(name, data, OPTIONS[name]))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_the_state_pytree_holds_torch_optims_entries_per_leaf(name):
+    optimizer = getattr(optimizers, name)(model_params(), **OPTIONS[name])
+    form = optimizer.functional()
+    params = model_params()
+    state = form.init(params)
+    new_params, new_state = form.update(jax.grad(loss_fn)(params, *batches(1)[0]), state, params)
+    reference = getattr(torch.optim, name)([torch.zeros(3, requires_grad=True)], **OPTIONS[name])
+    reference.param_groups[0]["params"][0].grad = torch.ones(3)
+    reference.step()
+    expected_keys = set(reference.state[reference.param_groups[0]["params"][0]])
+    for leaf_state in jax.tree_util.tree_structure(params).flatten_up_to(new_state):
+        assert set(leaf_state) - {"initialized"} == expected_keys
+    assert form.hyperparams == {k: v for k, v in optimizer.param_groups[0].items() if k in form.hyperparams}
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RAdam", "NAdam", "Adagrad"])
+def test_a_schedule_of_hyperparameters_as_data_compiles_once(name):
+    form = getattr(optimizers, name)(model_params(), **OPTIONS[name]).functional()
+    traces = []
+
+    @jax.jit
+    def train_step(params, state, inputs, targets, lr):
+        traces.append(1)  # runs only while tracing
+        grads = jax.grad(loss_fn)(params, inputs, targets)
+        return form.update(grads, state, params, {"lr": lr})
+
+    params = model_params()
+    state = form.init(params)
+    schedule = optax.cosine_decay_schedule(OPTIONS[name]["lr"], 100)
+    inputs, targets = batches(1)[0]
+    with jax.log_compiles():
+        for step in range(100):
+            params, state = train_step(params, state, inputs, targets, schedule(step))
+    assert len(traces) == 1
+    # The schedule did act: the final step ran with lr == 0.
+    final = form.update(jax.grad(loss_fn)(params, inputs, targets), state, params, {"lr": 0.0})[0]
+    if name != "SGD":  # SGD's weight decay moves nothing with lr 0 either
+        assert_close_trees(final, params, rtol=0)
+
+
+def test_hyperparameters_for_the_update_are_checked():
+    form = optimizers.Adam(model_params()).functional()
+    params = model_params()
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) 'momentum'.*betas, eps, lr, weight_decay"):
+        form.update(jax.grad(loss_fn)(params, *batches(1)[0]), form.init(params), params, {"momentum": 0.9})
+    with pytest.raises(ValueError, match="gradients do not match the parameters' tree"):
+        form.update({"dense": params["dense"]}, form.init(params), params)
+
+
+def test_a_none_gradient_leaves_its_leaf_and_state_alone():
+    form = optimizers.Adam(model_params(), lr=0.1).functional()
+    params = model_params()
+    state = form.init(params)
+    grads = jax.grad(loss_fn)(params, *batches(1)[0])
+    new_params, new_state = form.update({**grads, "scale": None}, state, params)
+    assert float(new_params["scale"]) == float(params["scale"]) and int(new_state["scale"]["step"]) == 0
+    assert int(new_state["dense"]["w"]["step"]) == 1
+
+
+# -- optax --------------------------------------------------------------------------------
+
+# Algorithms optax defines as torch does, with the arguments that make them the same.
+SAME_DEFINITION = {
+    "SGD": (dict(lr=0.05, momentum=0.9, nesterov=True), optax.sgd(0.05, momentum=0.9, nesterov=True)),
+    "Adam": (dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), optax.adam(0.01, b1=0.8, b2=0.99, eps=1e-6)),
+    "AdamW": (dict(lr=0.01, weight_decay=0.1), optax.adamw(0.01, weight_decay=0.1)),
+    "RMSprop": (dict(lr=0.01, alpha=0.9), optax.rmsprop(0.01, decay=0.9, eps=1e-8, eps_in_sqrt=False)),
+}
+
+
+def optax_run(transformation, data):
+    params = model_params()
+    state = transformation.init(params)
+    for inputs, targets in data:
+        updates, state = transformation.update(jax.grad(loss_fn)(params, inputs, targets), state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("name", sorted(SAME_DEFINITION))
+def test_the_adapter_reproduces_optax_where_optax_defines_the_same_algorithm(name):
+    options, optax_transformation = SAME_DEFINITION[name]
+    data = batches()
+    ours = optax_run(optimizers.as_optax(getattr(optimizers, name)(model_params(), **options)), data)
+    # The same mathematics rounded in another order: agreement to float64 rounding.
+    assert_close_trees(ours, optax_run(optax_transformation, data), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, options, optax_transformation",
+    [
+        # optax adds eps inside the square root and starts the accumulator at 0.1.
+        ("Adagrad", dict(lr=0.1), optax.adagrad(0.1)),
+        # optax's NAdam keeps beta1 constant; torch's follows its momentum schedule.
+        ("NAdam", dict(lr=0.01), optax.nadam(0.01)),
+        # optax adds eps inside the square root, torch after it.
+        ("RMSprop", dict(lr=0.01, alpha=0.9, eps=1e-2), optax.rmsprop(0.01, decay=0.9, eps=1e-2)),
+    ],
+)
+def test_the_adapter_computes_torchs_rule_where_optax_defines_it_differently(name, options, optax_transformation):
+    data = batches()
+    ours = optax_run(optimizers.as_optax(getattr(optimizers, name)(model_params(), **options)), data)
+    assert_close_trees(ours, object_oriented_run(name, data, options), rtol=1e-12)
+    theirs = optax_run(optax_transformation, data)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(leaves(ours), leaves(theirs))) > 1e-6
+
+
+def test_the_adapter_composes_with_optax_chain_clipping_multisteps_and_schedules():
+    """Inside optax's own wrappers it behaves as optax's Adam (the same definition) does there."""
+    data = batches(8)
+
+    def wrapped(adam):
+        return optax.MultiSteps(optax.chain(optax.clip_by_global_norm(0.5), adam), every_k_schedule=2)
+
+    schedule = optax.linear_schedule(0.02, 0.0, 8)
+    ours = optax_run(wrapped(optimizers.as_optax(optimizers.Adam(model_params()), lr=schedule)), data)
+    theirs = optax_run(wrapped(optax.adam(schedule)), data)
+    assert_close_trees(ours, theirs, rtol=1e-12)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(leaves(ours), leaves(model_params()))) > 1e-3  # it trained
+
+
+def test_the_adapter_names_what_it_does_not_know():
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) 'learning_rate' for Adam: choose from betas"):
+        optimizers.as_optax(optimizers.Adam(model_params()), learning_rate=0.1)
+    tx = optimizers.as_optax(optimizers.Adam(model_params()))
+    params = model_params()
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(params, tx.init(params))
+
+
+# -- sharding and checkpoints ---------------------------------------------------------------
+
+SHARDED = textwrap.dedent(
+    """
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    import optimizers
+
+    mesh = Mesh(np.array(jax.devices()), ("model",))
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((8, 6))), "b": jnp.asarray(rng.standard_normal(8))}
+    grads = [{k: jnp.asarray(rng.standard_normal(v.shape)) for k, v in params.items()} for _ in range(5)]
+    spec = {"w": PartitionSpec("model", None), "b": PartitionSpec("model")}
+    sharding = {k: NamedSharding(mesh, spec[k]) for k in params}
+    report = {"devices": len(jax.devices())}
+    def placed():
+        return {k: jax.device_put(v, sharding[k]) for k, v in params.items()}
+
+    for name in ("SGD", "Adam", "Adagrad"):
+        kwargs = {"lr": 0.1, **({"momentum": 0.9} if name == "SGD" else {})}
+        sharded = placed()
+        form = getattr(optimizers, name)(sharded, **kwargs).functional()
+        state = form.init(sharded)
+        report[name + " state shardings"] = all(
+            leaf.sharding.is_equivalent_to(sharding[key], leaf.ndim)
+            for key in params for leaf in jax.tree_util.tree_leaves(state[key]) if leaf.ndim
+        )
+        step = jax.jit(form.update, donate_argnums=(1, 2))
+        p, s = sharded, state
+        single_p, single_s = params, form.init(params)
+        for g in grads:
+            p, s = step({k: jax.device_put(v, sharding[k]) for k, v in g.items()}, s, p)
+            single_p, single_s = form.update(g, single_s, single_p)
+        report[name + " param shardings"] = all(p[k].sharding.is_equivalent_to(sharding[k], p[k].ndim) for k in p)
+        report[name + " kept state shardings"] = all(
+            leaf.sharding.is_equivalent_to(sharding[key], leaf.ndim)
+            for key in params for leaf in jax.tree_util.tree_leaves(s[key]) if leaf.ndim
+        )
+        def difference(a, b):
+            return max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) for k in a)
+
+        report[name + " max difference"] = difference(p, single_p)
+        obj = getattr(optimizers, name)(placed(), **kwargs)
+        single_obj = getattr(optimizers, name)(params, **kwargs)
+        for g in grads:
+            obj.step(g)
+            single_obj.step(g)
+        report[name + " object shardings"] = all(
+            obj.params[k].sharding.is_equivalent_to(sharding[k], obj.params[k].ndim) for k in params
+        )
+        report[name + " object max difference"] = difference(obj.params, single_obj.params)
+    print(json.dumps(report))
+    """
+)
+
+
+def test_sharded_parameters_keep_their_sharding_and_match_one_device():
+    environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    finished = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=300,
+                              env=environment)
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert report.pop("devices") == 4
+    for key, value in report.items():
+        if "difference" in key:
+            assert value == 0.0, key  # elementwise rules: every device computes what one device would
+        else:
+            assert value is True, key
+
+
+def test_the_state_pytree_round_trips_through_orbax_and_npz(tmp_path):
+    import orbax.checkpoint as ocp
+
+    form = optimizers.Adam(model_params(), lr=0.01, amsgrad=True).functional()
+    data = batches(6)
+    params, state = model_params(), form.init(model_params())
+    for inputs, targets in data[:3]:
+        params, state = form.update(jax.grad(loss_fn)(params, inputs, targets), state, params)
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "orbax", {"params": params, "state": state})
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "orbax", {"params": params, "state": state})
+    flat, structure = jax.tree_util.tree_flatten({"params": params, "state": state})
+    np.savez(tmp_path / "state.npz", *[np.asarray(leaf) for leaf in flat])
+    with np.load(tmp_path / "state.npz") as archive:
+        from_npz = jax.tree_util.tree_unflatten(structure, [jnp.asarray(archive[f"arr_{i}"]) for i in range(len(flat))])
+
+    def finish(checkpoint):
+        p, s = checkpoint["params"], checkpoint["state"]
+        for inputs, targets in data[3:]:
+            p, s = form.update(jax.grad(loss_fn)(p, inputs, targets), s, p)
+        return p
+
+    uninterrupted = finish({"params": params, "state": state})
+    for checkpoint in (restored, from_npz):
+        assert jax.tree_util.tree_structure(checkpoint) == structure
+        assert_close_trees(finish(checkpoint), uninterrupted, rtol=0)
+
+
+def test_an_object_state_dict_round_trips_through_orbax(tmp_path):
+    import orbax.checkpoint as ocp
+
+    data = batches(6)
+    optimizer = optimizers.NAdam(model_params(), lr=0.01)
+    for inputs, targets in data[:3]:
+        optimizer.step(jax.grad(loss_fn)(optimizer.params, inputs, targets))
+    saved_params = optimizer.params
+    arrays = {str(index): entry for index, entry in optimizer.state_dict()["state"].items()}
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "orbax", arrays)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "orbax", arrays)
+    resumed = optimizers.NAdam(saved_params, lr=0.01)
+    template = resumed.state_dict()
+    resumed.load_state_dict({"state": {int(k): v for k, v in restored.items()}, "param_groups": template["param_groups"]})
+    for inputs, targets in data[3:]:
+        optimizer.step(jax.grad(loss_fn)(optimizer.params, inputs, targets))
+        resumed.step(jax.grad(loss_fn)(resumed.params, inputs, targets))
+    assert_close_trees(resumed.params, optimizer.params, rtol=0)
