@@ -1,0 +1,215 @@
+"""Time one optimizer step, side by side: our backends against torch.optim and optax.
+
+    python -m benchmarks.step_time                       # few-large and many-small, SGD and Adam
+    python -m benchmarks.step_time --sets gpt2 --json    # the GPT-2-small-like mix, as JSON
+
+Every contender runs in this one process, interleaved round by round, so machine noise
+hits them alike; the report gives medians, ratios to each anchor, achieved bytes/s and
+the fraction of a streaming bandwidth measured in the same run (a large in-place add).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+# Parameter shapes of each set (float32).
+SETS = {
+    "few-large": [(1024, 1024)] * 8,
+    "many-small": [(64, 64)] * 1000,
+    # GPT-2 small: token and position embeddings, 12 blocks (attention, MLP, two layer norms), final norm.
+    "gpt2": [(50257, 768), (1024, 768)]
+    + [s for _ in range(12) for s in [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,),
+                                       (768, 3072), (3072,), (3072, 768), (768,)]]
+    + [(768,), (768,)],
+    "tiny": [(16, 16)] * 3,  # for the test suite's smoke run
+}
+# Bytes each algorithm moves per parameter element in float32: reads and writes of param,
+# grad and state (SGD with momentum: param, grad, buffer read + param, buffer written).
+BYTES_PER_ELEMENT = {"SGD": 4 * 5, "Adam": 4 * 7}
+OPTIONS = {"SGD": dict(lr=1e-3, momentum=0.9), "Adam": dict(lr=1e-3)}
+
+
+def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None]]:
+    import torch
+
+    import optimizers
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def make(cls, **extra):
+        params = [torch.randn(shape, generator=generator, requires_grad=True) for shape in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+        optimizer = cls(params, **OPTIONS[name], **extra)
+        optimizer.step()  # state created before timing
+        return optimizer.step
+
+    reference = getattr(torch.optim, name)
+    contenders = {
+        "ours torch": make(getattr(optimizers, name)),
+        "torch.optim for-loop": make(reference, foreach=False),
+        "torch.optim foreach": make(reference, foreach=True),
+    }
+    if "fused" in reference.__init__.__code__.co_varnames:
+        contenders["torch.optim fused"] = make(reference, fused=True)
+    return contenders
+
+
+def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None]]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import optimizers
+
+    rng = np.random.default_rng(seed)
+
+    def tree():
+        return [jnp.asarray(rng.standard_normal(shape, dtype=np.float32)) for shape in shapes]
+
+    grads = [g * 1e-3 for g in tree()]
+    ours = getattr(optimizers, name)(tree(), **OPTIONS[name])
+    ours.step(grads)
+
+    def ours_step():
+        ours.step(grads)
+        jax.block_until_ready(ours.params)
+
+    transformation = {
+        "SGD": optax.sgd(OPTIONS["SGD"]["lr"], momentum=OPTIONS["SGD"]["momentum"]),
+        "Adam": optax.adam(OPTIONS["Adam"]["lr"]),
+    }[name]
+    box = {"params": tree()}
+    box["state"] = transformation.init(box["params"])
+
+    @jax.jit
+    def optax_update(params, state, grads):
+        updates, state = transformation.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    optax_update = jax.jit(optax_update, donate_argnums=(0, 1))
+
+    def optax_step():
+        box["params"], box["state"] = optax_update(box["params"], box["state"], grads)
+        jax.block_until_ready(box["params"])
+
+    form = getattr(optimizers, name)(tree(), **OPTIONS[name]).functional()
+    functional_box = {"params": tree()}
+    functional_box["state"] = form.init(functional_box["params"])
+    functional_update = jax.jit(form.update, donate_argnums=(1, 2))
+
+    def functional_step():
+        functional_box["params"], functional_box["state"] = functional_update(
+            grads, functional_box["state"], functional_box["params"]
+        )
+        jax.block_until_ready(functional_box["params"])
+
+    contenders = {"ours jax": ours_step, "ours jax functional": functional_step, "optax jit donated": optax_step}
+    for step in contenders.values():
+        step()  # compile before timing
+    return contenders
+
+
+def streaming_bandwidth(elements: int, repeats: int) -> float:
+    """Bytes/s of ``a += b`` on float32 arrays of ``elements`` (reads a and b, writes a)."""
+    import torch
+
+    a, b = torch.ones(elements), torch.ones(elements)
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        a.add_(b)
+        times.append(time.perf_counter() - began)
+    return 12 * elements / statistics.median(times)
+
+
+def measure(contenders: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each contender, interleaved round by round."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, step in contenders.items():
+            began = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run(sets: list[str], algorithms: list[str], rounds: int) -> dict:
+    import torch
+
+    report = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}, "results": []}
+    import jax
+
+    report["machine"]["jax"] = jax.__version__
+    for set_name in sets:
+        shapes = SETS[set_name]
+        elements = sum(int(np.prod(shape)) for shape in shapes)
+        # Arrays of at least 256 MB, far past the caches: the bandwidth of main memory.
+        bandwidth = streaming_bandwidth(max(elements, 1 << 26), max(rounds, 5))
+        for algorithm in algorithms:
+            contenders = {**_torch_contenders(algorithm, shapes, 0), **_jax_contenders(algorithm, shapes, 0)}
+            medians = measure(contenders, rounds)
+            moved = BYTES_PER_ELEMENT[algorithm] * elements
+            anchors = {k: v for k, v in medians.items() if not k.startswith("ours")}
+            report["results"].append({
+                "set": set_name, "algorithm": algorithm, "parameters": elements, "tensors": len(shapes),
+                "stream_bytes_per_s": bandwidth,
+                "contenders": {
+                    name: {
+                        "median_s": seconds,
+                        "bytes_per_s": moved / seconds,
+                        "fraction_of_stream": moved / seconds / bandwidth,
+                        "ratio_to": {anchor: seconds / anchor_seconds for anchor, anchor_seconds in anchors.items()},
+                    }
+                    for name, seconds in medians.items()
+                },
+            })
+    return report
+
+
+def table(report: dict) -> str:
+    lines = []
+    for result in report["results"]:
+        lines.append(
+            f"{result['algorithm']} on {result['set']}: {result['parameters']:,} float32 parameters in "
+            f"{result['tensors']} tensors; stream {result['stream_bytes_per_s'] / 1e9:.1f} GB/s"
+        )
+        anchors = [k for k in result["contenders"] if not k.startswith("ours")]
+        lines.append(f"  {'contender':<22} {'median ms':>10} {'GB/s':>7} {'of stream':>9}  " + "  ".join(
+            f"{'÷ ' + a:>22}" for a in anchors))
+        for name, c in result["contenders"].items():
+            ratios = "  ".join(f"{c['ratio_to'][a]:>22.2f}" for a in anchors)
+            lines.append(f"  {name:<22} {1e3 * c['median_s']:>10.3f} {c['bytes_per_s'] / 1e9:>7.2f} "
+                         f"{c['fraction_of_stream']:>9.0%}  {ratios}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="few-large,many-small", help=f"comma-separated, from {', '.join(SETS)}")
+    parser.add_argument("--algorithms", default="SGD,Adam", help=f"comma-separated, from {', '.join(OPTIONS)}")
+    parser.add_argument("--rounds", type=int, default=30, help="timed steps per contender (default 30)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+    sets, algorithms = args.sets.split(","), args.algorithms.split(",")
+    for value, valid, what in ((sets, SETS, "set"), (algorithms, OPTIONS, "algorithm")):
+        unknown = [v for v in value if v not in valid]
+        if unknown:
+            parser.error(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    report = run(sets, algorithms, args.rounds)
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
