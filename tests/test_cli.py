@@ -239,3 +239,11 @@ def test_every_configuration_has_a_tuned_rate_on_every_problem():
 
     for problem in problems(list(PROBLEM_NAMES), seed=0, steps=1):
         assert set(problem.learning_rates) == set(CONFIGURATIONS)
+
+
+def test_a_difference_below_one_ulp_at_the_scale_is_not_printed_as_zero():
+    from optimizers.cli.report import _divergence
+
+    assert _divergence(Divergence(3e-8, 0.25)) == "3.0e-08 (0.25 ulps)"
+    assert _divergence(Divergence(1.2e-7, 1.0)) == "1.2e-07 (1 ulp)"
+    assert _divergence(Divergence(0.0, 0.0)) == "0"

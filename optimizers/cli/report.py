@@ -131,7 +131,10 @@ def _divergence(found: Divergence | None) -> str:
         return "n/a"
     if found.absolute == 0:
         return "0"
-    ulps = f"{found.ulps:.0f}" if np.isfinite(found.ulps) else "inf"
+    if not np.isfinite(found.ulps):
+        ulps = "inf"
+    else:  # below one ulp at the parameters' scale: the difference sits in a smaller parameter
+        ulps = f"{found.ulps:.2g}" if found.ulps < 10 else f"{found.ulps:.0f}"
     return f"{found.absolute:.1e} ({ulps} ulp{'' if found.ulps == 1 else 's'})"
 
 
