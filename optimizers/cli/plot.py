@@ -16,10 +16,14 @@ COLUMNS = 2
 STYLES = {"torch": dict(linestyle="-", linewidth=1.6, alpha=0.9), "jax": dict(linestyle=(0, (2, 2)), linewidth=1.6)}
 
 
+def _grid(panels: int) -> tuple[int, int]:
+    """(columns, rows) of panels for this many problems."""
+    return min(panels, COLUMNS), pymath.ceil(panels / COLUMNS)
+
+
 def figure_pixels(panels: int) -> tuple[int, int]:
     """The (width, height) in pixels of the PNG drawn for this many problems."""
-    columns = min(panels, COLUMNS)
-    rows = pymath.ceil(panels / COLUMNS)
+    columns, rows = _grid(panels)
     return round(PANEL_INCHES[0] * columns * DPI), round(PANEL_INCHES[1] * rows * DPI)
 
 
@@ -29,11 +33,11 @@ def draw(results: list[tuple[Problem, list[Row]]], path: str, steps: int, dtype:
     matplotlib.use("Agg")  # no screen needed; only the file is wanted
     import matplotlib.pyplot as plt
 
-    columns, rows = min(len(results), COLUMNS), pymath.ceil(len(results) / COLUMNS)
+    columns, rows = _grid(len(results))
     figure, axes = plt.subplots(
         rows, columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows), dpi=DPI, squeeze=False
     )
-    names = sorted({row.optimizer for _, problem_rows in results for row in problem_rows}, key=_order(results))
+    names = list(dict.fromkeys(row.optimizer for _, problem_rows in results for row in problem_rows))
     palette = [*plt.get_cmap("tab10").colors, "black"]
     colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     for axis, (problem, problem_rows) in zip(axes.flat, results):
@@ -52,12 +56,12 @@ def draw(results: list[tuple[Problem, list[Row]]], path: str, steps: int, dtype:
     plt.close(figure)
 
 
-def _order(results):
-    first_seen = {}
-    for _, rows in results:
-        for row in rows:
-            first_seen.setdefault(row.optimizer, len(first_seen))
-    return first_seen.__getitem__
+def _lines(row: Row):
+    """(run, style, legend label) of each of our backends' runs; one label per optimizer."""
+    for name, style in STYLES.items():
+        if name in row.runs:
+            label = row.optimizer if name == "torch" or "torch" not in row.runs else None
+            yield row.runs[name], style, label
 
 
 def _paths(axis, problem: Problem, rows: list[Row], colors) -> None:
@@ -72,11 +76,8 @@ def _paths(axis, problem: Problem, rows: list[Row], colors) -> None:
     axis.contour(x, y, surface, levels=np.geomspace(surface.min(), surface.max(), 15), colors="white",
                  linewidths=0.4, norm=LogNorm())
     for row in rows:
-        for name, style in STYLES.items():
-            if name in row.runs:
-                path = row.runs[name].path
-                label = row.optimizer if name == "torch" or "torch" not in row.runs else None
-                axis.plot(path[:, 0], path[:, 1], color=colors[row.optimizer], label=label, **style)
+        for run, style, label in _lines(row):
+            axis.plot(run.path[:, 0], run.path[:, 1], color=colors[row.optimizer], label=label, **style)
     axis.plot(*problem.minimum, marker="*", markersize=12, color="gold", markeredgecolor="black", linestyle="none")
     axis.plot(*rows[0].runs[next(iter(rows[0].runs))].path[0], marker="o", color="black", linestyle="none")
     axis.set_xlim(x_low, x_high)
@@ -87,11 +88,8 @@ def _paths(axis, problem: Problem, rows: list[Row], colors) -> None:
 
 def _loss_curves(axis, problem: Problem, rows: list[Row], colors) -> None:
     for row in rows:
-        for name, style in STYLES.items():
-            if name in row.runs:
-                losses = row.runs[name].losses
-                label = row.optimizer if name == "torch" or "torch" not in row.runs else None
-                axis.plot(np.arange(losses.size), losses, color=colors[row.optimizer], label=label, **style)
+        for run, style, label in _lines(row):
+            axis.plot(np.arange(run.losses.size), run.losses, color=colors[row.optimizer], label=label, **style)
     axis.axhline(problem.target, color="grey", linewidth=0.8, linestyle=":")
     axis.set_yscale("log")
     axis.set_xlabel("step")
