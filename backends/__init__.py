@@ -35,7 +35,7 @@ class Rule(NamedTuple):
     initial_state: Callable  # initial_state(ops, param, h) -> dict of arrays before the first step
     update: Callable  # update(ops, param, grad, state, h) -> (param, state)
     counters: tuple[str, ...]  # names of the scalar state schedule advances; update never sees it
-    initial_counters: tuple[float, ...]  # their values before the first step
+    initial_counters: tuple[Any, ...]  # their values before the first step (see counter_array)
     real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
 
 
@@ -62,13 +62,20 @@ def is_switch(value: Any) -> bool:
     return value is None or isinstance(value, (bool, str))
 
 
-def numbers(group: Mapping[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
-    """The numeric hyperparameters of ``group`` (tuples such as betas kept as tuples), each converted."""
+def numbers(group: Mapping[str, Any], convert: Callable[[Any], Any], switches: Mapping[str, Any]) -> dict[str, Any]:
+    """The numeric hyperparameters of ``group`` (tuples such as betas kept as tuples), each converted.
+
+    A number the rule's ``switches`` return under its own name (Muon's ``ns_steps``, a
+    loop count) shapes the program and is a switch, not data.
+    """
     found = {}
     for key, value in group.items():
-        if key in ("params", "param_names") or is_switch(value):
+        if key in ("params", "param_names") or key in switches or is_switch(value):
             continue
-        found[key] = tuple(convert(v) for v in value) if isinstance(value, (tuple, list)) else convert(value)
+        if isinstance(value, (tuple, list)):  # None in a tuple (Adafactor's eps) means "derive it"
+            found[key] = tuple(None if v is None else convert(v) for v in value)
+        else:
+            found[key] = convert(value)
     return found
 
 
@@ -102,6 +109,9 @@ class Backend(Protocol):
     def store_counter(self, value: np.ndarray) -> Any:
         """A counter (0-d NumPy array) in the form this backend stores it."""
 
+    def is_sparse(self, array: Any) -> bool:
+        """Whether ``array`` is a sparse array (torch sparse COO, JAX ``BCOO``)."""
+
     def is_complex(self, array: Any) -> bool:
         """Whether ``array`` holds complex numbers."""
 
@@ -132,10 +142,27 @@ def run_update(backend: Backend, rule: Rule, param: Any, grad: Any, state: dict,
     return backend.as_complex(new_param), {k: backend.as_complex(v) for k, v in new_state.items()}
 
 
+def counter_array(initial: Any, value: Any, counter_dtype: type) -> np.ndarray:
+    """A counter's ``value`` as a 0-d NumPy array of the kind its ``initial`` value declares.
+
+    An ``int`` initial value declares an integer counter (SparseAdam's ``step``, a Python
+    int in torch.optim); anything else a floating one, in ``counter_dtype`` unless
+    ``value`` is an array with a dtype of its own (a saved float64 ``step`` stays float64).
+    """
+    if isinstance(initial, int):
+        return np.asarray(value, np.int64)
+    return np.asarray(value) if hasattr(value, "dtype") else np.asarray(value, counter_dtype)
+
+
 def initial_state(backend: Backend, rule: Rule, param: Any, h: Any, counter_dtype: type) -> dict[str, Any]:
-    """A parameter's state before its first step: counters, then the rule's arrays."""
+    """A parameter's state before its first step: counters, then the rule's arrays.
+
+    A counter's initial value is a number, or a function of the group's scalars ``h``
+    (ASGD's ``eta`` starts at the learning rate).
+    """
     counters = {
-        k: backend.store_counter(np.asarray(v, counter_dtype)) for k, v in zip(rule.counters, rule.initial_counters)
+        k: backend.store_counter(counter_array(v, v(h) if callable(v) else v, counter_dtype))
+        for k, v in zip(rule.counters, rule.initial_counters)
     }
     if rule.real_view and backend.is_complex(param):
         # e.g. Adagrad's accumulator starts at (v, v), as in torch.optim

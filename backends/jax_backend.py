@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import sparse
 from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 
 from backends import Rule, initial_state, numbers, run_update
@@ -71,6 +72,7 @@ class JaxOps:
         momentum) becomes a subtraction whose other product LLVM contracts, and
         no order of the operands changes that.
         """
+        y = y.astype(jnp.result_type(x, y))  # a bfloat16 y (Muon's update) promotes before the product, as in torch
         return alpha * y + x
 
     @staticmethod
@@ -93,12 +95,61 @@ class JaxOps:
         """JAX gradients are dense already."""
         return x
 
+    @staticmethod
+    def clamp(x, low=None, high=None):
+        """min(max(x, low), high) in x's dtype, NaN kept; a None bound is no bound."""
+        return jnp.clip(x, low, high).astype(x.dtype)
+
+    @staticmethod
+    def norm(x, axis=None, keepdims=False):
+        """The Euclidean norm in x's dtype, accumulated in float32 or wider as torch's kernel does."""
+        wide = x.astype(_compute_dtype(x))
+        return jnp.sqrt(jnp.sum(wide * wide, axis=axis, keepdims=keepdims)).astype(x.dtype)
+
+    @staticmethod
+    def mean(x, axis=None, keepdims=False):
+        return jnp.mean(x.astype(_compute_dtype(x)), axis=axis, keepdims=keepdims).astype(x.dtype)
+
+    @staticmethod
+    def matmul(m1, m2):
+        """m1 @ m2, accumulated in float32 or wider and rounded once, as torch's CPU kernels."""
+        return jnp.matmul(m1, m2, preferred_element_type=_compute_dtype(m1)).astype(m1.dtype)
+
+    @staticmethod
+    def addmm(x, m1, m2, beta=1.0, alpha=1.0):
+        """beta * x + alpha * (m1 @ m2), rounded once to x's dtype, as torch's CPU addmm."""
+        product = jnp.matmul(m1, m2, preferred_element_type=_compute_dtype(x))
+        return (alpha * product + beta * x.astype(product.dtype)).astype(x.dtype)
+
+    @staticmethod
+    def bfloat16(x):
+        return x.astype(jnp.bfloat16)
+
+    @staticmethod
+    def scalar(x):
+        """A 0-d array as a (traced) number of the host's precision, as ``.item()`` gives on torch."""
+        return TracedMath.float(x)
+
+    finfo = staticmethod(jnp.finfo)
+    rsqrt = staticmethod(jax.lax.rsqrt)
+
     where = staticmethod(jnp.where)
     sqrt = staticmethod(jnp.sqrt)
     maximum = staticmethod(jnp.maximum)
     abs = staticmethod(jnp.abs)
+    sign = staticmethod(jnp.sign)
     zeros_like = staticmethod(jnp.zeros_like)
-    full_like = staticmethod(jnp.full_like)
+
+    @staticmethod
+    def full_like(x, value):
+        if hasattr(value, "__dlpack__") and not isinstance(value, jax.Array):
+            value = _owned_copy(value)  # a one-element hyperparameter as the host holds it (a tensor lr)
+        return jnp.full_like(x, value)
+
+
+def _compute_dtype(x) -> Any:
+    """float32 for low-precision arrays, their own dtype otherwise: what torch's CPU kernels accumulate in."""
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 class JaxBackend:
@@ -176,6 +227,9 @@ class JaxBackend:
     def store_counter(self, value: np.ndarray) -> jax.Array:
         return jnp.array(value)
 
+    def is_sparse(self, array: Any) -> bool:
+        return isinstance(array, sparse.BCOO)
+
     def is_complex(self, array: jax.Array) -> bool:
         return jnp.iscomplexobj(array)
 
@@ -188,8 +242,9 @@ class JaxBackend:
     def apply(self, rule: Rule, work: list, state: dict) -> None:
         switches, numbers, values, grads, states = [], [], [], [], []
         for group, params, _ in work:
-            switches.append(_static(rule.switches(group)))
-            numbers.append(hyperparameters(group))
+            group_switches = rule.switches(group)
+            switches.append(_static(group_switches))
+            numbers.append(hyperparameters(group, group_switches))
             values.append([p.value for p in params])
             grads.append([p.grad for p in params])
             states.append([state.get(p, {}) for p in params])
@@ -257,7 +312,7 @@ class TracedMath:
         return jnp.asarray(value).astype(jnp.asarray(like).dtype)
 
 
-def hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
+def hyperparameters(group: Mapping[str, Any], switches: Mapping[str, Any]) -> dict[str, Any]:
     """A group's numeric hyperparameters as the compiled step's data.
 
     Python numbers become weakly typed scalars, so they round as torch's Python
@@ -268,7 +323,7 @@ def hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
             return jnp.asarray(float(value))
         return jnp.reshape(value if isinstance(value, jax.Array) else jnp.asarray(np.asarray(value)), ())
 
-    return numbers(group, convert)
+    return numbers(group, convert, switches)
 
 
 def _static(switches: Mapping[str, Any]) -> tuple:
@@ -277,9 +332,14 @@ def _static(switches: Mapping[str, Any]) -> tuple:
 
 def _in_precision(value: Any, precision: Any) -> Any:
     # Coefficients round to the parameter's precision, as torch casts a Python scalar;
-    # low-precision parameters compute in float32, as torch's kernels do.
+    # low-precision parameters compute in float32, as torch's kernels do.  A narrower
+    # array (a float32 tensor-like lr beside float64 parameters) keeps its dtype: torch's
+    # scalar arithmetic on such a tensor (Adafactor's step size) stays in float32 too.
     if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.floating):
-        return value.astype(precision)
+        if value.weak_type:  # a Python number: it stays one, in the parameter's precision
+            return _convert_element_type(value, precision, weak_type=True)
+        if jnp.finfo(value.dtype).bits > jnp.finfo(precision).bits:
+            return value.astype(precision)
     return value
 
 
@@ -354,8 +414,9 @@ def _functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: typ
     ``update`` runs the traced step :func:`_step` compiles for the object-oriented
     ``step()``; only its inputs come from the caller instead of the optimizer.
     """
-    switches = (_static(rule.switches(group)),)
-    defaults = hyperparameters(group)
+    group_switches = rule.switches(group)
+    switches = (_static(group_switches),)
+    defaults = hyperparameters(group, group_switches)
 
     def init(params: Any) -> Any:
         leaves, structure = jax.tree_util.tree_flatten(params)

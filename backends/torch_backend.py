@@ -55,9 +55,42 @@ class TorchOps:
             return if_true if condition else if_false
         return torch.where(condition, if_true, if_false)
 
+    @staticmethod
+    def clamp(x, low=None, high=None):
+        """min(max(x, low), high), NaN kept; a None bound is no bound."""
+        return torch.clamp(x, low, high)
+
+    @staticmethod
+    def norm(x, axis=None, keepdims=False):
+        """The Euclidean norm, of all elements or along ``axis``, in x's dtype."""
+        return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
+
+    @staticmethod
+    def mean(x, axis=None, keepdims=False):
+        return torch.mean(x, dim=axis, keepdim=keepdims)
+
+    @staticmethod
+    def addmm(x, m1, m2, beta=1.0, alpha=1.0):
+        """beta * x + alpha * (m1 @ m2), rounded once to x's dtype."""
+        return torch.addmm(x, m1, m2, beta=beta, alpha=alpha)
+
+    @staticmethod
+    def bfloat16(x):
+        return x.bfloat16()
+
+    @staticmethod
+    def scalar(x):
+        """A 0-d array as a host number, as torch.optim's ``.item()`` reads it (a device sync)."""
+        return x.item()
+
+    finfo = staticmethod(torch.finfo)
+    matmul = staticmethod(torch.matmul)
+    rsqrt = staticmethod(torch.rsqrt)
+
     sqrt = staticmethod(torch.sqrt)
     maximum = staticmethod(torch.maximum)
     abs = staticmethod(torch.abs)
+    sign = staticmethod(torch.sign)
 
     @staticmethod
     def zeros_like(x):
@@ -133,9 +166,14 @@ class TorchBackend:
             param.grad.requires_grad_(False)
         param.grad.zero_()
 
-    def store_counter(self, value: np.ndarray) -> torch.Tensor:
+    def store_counter(self, value: np.ndarray) -> torch.Tensor | int:
+        if np.issubdtype(np.asarray(value).dtype, np.integer):
+            return int(value)  # as torch.optim keeps SparseAdam's step
         # as_tensor, not tensor: under torch.compile the NumPy value arrives as a tensor already.
         return torch.as_tensor(value).clone()
+
+    def is_sparse(self, array: torch.Tensor) -> bool:
+        return array.is_sparse
 
     def is_complex(self, array: torch.Tensor) -> bool:
         return array.is_complex()
@@ -177,14 +215,14 @@ class TorchBackend:
 
 
 def _host_float(value: Any) -> Any:
-    return float(value) if isinstance(value, (np.floating, torch.Tensor)) else value
+    return float(value) if isinstance(value, np.floating) else value
 
 
 def _write_state(held: dict, new_state: Mapping) -> None:
     """Update a parameter's state dict in place, keeping existing tensors' identity."""
     for key, value in new_state.items():
         if isinstance(value, (np.ndarray, np.generic)):  # a counter advanced on the host
-            value = torch.from_numpy(np.array(value))
+            value = BACKEND.store_counter(value)
         current = held.get(key)
         if current is value:
             continue

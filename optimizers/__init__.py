@@ -7,14 +7,17 @@
     tx = optimizers.as_optax(opt)                                 # an optax.GradientTransformation
 """
 
+from .adafactor import Adafactor
 from .adagrad import Adadelta, Adagrad, RMSprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .muon import Muon
 from .optax_adapter import as_optax
 from .optimizer import Optimizer, required
-from .sgd import SGD
+from .rprop import Rprop
+from .sgd import ASGD, SGD
 
 __all__ = [
-    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "Optimizer", "RAdam", "RMSprop", "SGD", "as_optax",
-    "required",
+    "ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "Muon", "NAdam", "Optimizer", "RAdam",
+    "RMSprop", "Rprop", "SGD", "as_optax", "required",
 ]
 __version__ = "0.1.0"

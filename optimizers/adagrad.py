@@ -5,18 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, check_array_lr, check_fused, check_nonnegative
-from .terms import decay_coefficients, decay_switches, direction
+from .terms import count_step, decay_coefficients, decay_switches, direction
 
 __all__ = ["Adagrad", "RMSprop", "Adadelta"]
 
 
 def _coefficients(numbers: dict[str, Any]) -> dict[str, Any]:
     return dict(decay_coefficients(numbers), eps=numbers["eps"])
-
-
-def _count_step(math, h, counters):
-    """These rules count steps (torch.optim's state has ``step``) without using the count."""
-    return {}, {"step": counters["step"] + 1}
 
 
 class Adagrad(Optimizer):
@@ -170,7 +165,7 @@ class RMSprop(Optimizer):
         alpha = numbers["alpha"]
         return dict(_coefficients(numbers), alpha=alpha, one_minus_alpha=1 - alpha, momentum=numbers["momentum"])
 
-    schedule = staticmethod(_count_step)
+    schedule = staticmethod(count_step)
 
     @staticmethod
     def initial_state(ops, param, h):
@@ -250,7 +245,7 @@ class Adadelta(Optimizer):
         rho = numbers["rho"]
         return dict(_coefficients(numbers), rho=rho, one_minus_rho=1 - rho)
 
-    schedule = staticmethod(_count_step)
+    schedule = staticmethod(count_step)
 
     @staticmethod
     def initial_state(ops, param, h):

@@ -84,8 +84,12 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         if isinstance(params, Iterator):  # e.g. model.parameters(): read it once
             params = list(params)
         self._backend = backends.get(backend if backend is not None else backends.infer(params) or "torch")
-        # torch's own __setstate__ creates the hook registries and wraps step() with them.
+        # torch's own __setstate__ creates the hook registries and wraps step() with them.  It
+        # also adds a "differentiable" default, which torch.optim's constructors do not.
+        had_differentiable = "differentiable" in defaults
         super().__setstate__({"defaults": defaults, "state": defaultdict(dict), "param_groups": []})
+        if not had_differentiable:
+            del self.defaults["differentiable"]
         self._structures: list[Any] = []
         groups, self._grouped = self._backend.param_groups(params)
         for group in groups:
@@ -95,11 +99,19 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     #: Per-parameter scalar state with its initial value (e.g. ``{"step": 0.0}``), stored as
     #: torch.optim stores it (a 0-d float32 tensor on torch, a 0-d array on JAX) and
-    #: advanced by :meth:`schedule`; the rule never sees it.
-    counters: dict[str, float] = {}
+    #: advanced by :meth:`schedule`; the rule never sees it.  An ``int`` initial value makes
+    #: an integer counter (a Python int on torch); a function of the group's scalars ``h``
+    #: an initial value read from the group (ASGD's ``eta`` starts at ``lr``).
+    counters: dict[str, Any] = {}
 
     #: The RuntimeError message for a sparse gradient, or None if the rule accepts them.
     sparse_gradients_error: str | None = None
+
+    #: The RuntimeError message for a dense gradient, or None if the rule accepts them.
+    dense_gradients_error: str | None = None
+
+    #: The RuntimeError message for a complex parameter, or None if the rule accepts them.
+    complex_parameters_error: str | None = None
 
     #: Whether the rule sees a complex parameter (and its state) as (real, imag) pairs, as
     #: torch.optim's rules that are not linear in the gradient do.
@@ -227,9 +239,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             self._receive_gradients(grads)
         stepping = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         stepping = [(group, params) for group, params in stepping if params]
-        if self.sparse_gradients_error is not None:
-            if any(getattr(p.grad, "is_sparse", False) for _, params in stepping for p in params):
-                raise RuntimeError(self.sparse_gradients_error)
+        self._check_step(stepping)
         work = []
         for group, params in stepping:
             h = self._host_scalars(group)
@@ -243,6 +253,23 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             self._backend.apply(self._rule, work, self.state)
         return loss
 
+    def _check_step(self, stepping: list[tuple[dict[str, Any], list]]) -> None:
+        """Raise, before anything changes, the errors torch.optim raises during its step.
+
+        ``stepping`` holds ``(group, params with a gradient)``.  torch.optim checks these
+        parameter by parameter while it updates, so a failure there leaves earlier
+        parameters stepped; here nothing has moved yet.
+        """
+        for _, params in stepping:
+            for param in params:
+                if self.complex_parameters_error and self._backend.is_complex(self._backend.value(param)):
+                    raise RuntimeError(self.complex_parameters_error)
+                sparse = self._backend.is_sparse(param.grad)
+                if sparse and self.sparse_gradients_error:
+                    raise RuntimeError(self.sparse_gradients_error)
+                if not sparse and self.dense_gradients_error:
+                    raise RuntimeError(self.dense_gradients_error)
+
     @property
     def _rule(self) -> backends.Rule:
         return backends.Rule(
@@ -252,8 +279,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     def _host_scalars(self, group: dict[str, Any]) -> SimpleNamespace:
         """A group's switches and coefficients, computed on the host as torch.optim computes them."""
+        switches = self.switches(group)
         return SimpleNamespace(
-            **self.switches(group), **self.coefficients(backends.HostMath, backends.numbers(group, scalar))
+            **switches, **self.coefficients(backends.HostMath, backends.numbers(group, scalar, switches))
         )
 
     def _initial_state(self, param: Any, h: Any) -> dict[str, Any]:
@@ -392,10 +420,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         # Counters come back as Python numbers (old torch checkpoints), as another
         # framework's arrays: store each as this backend stores counters.
         for held in self.state.values():
-            for key in self.counters:
+            for key, initial in self.counters.items():
                 if key in held:
-                    value = held[key]
-                    array = np.asarray(value) if hasattr(value, "dtype") else np.asarray(value, _counter_dtype())
+                    array = backends.counter_array(initial, held[key], _counter_dtype())
                     held[key] = self._backend.store_counter(array)
 
 

@@ -1,13 +1,13 @@
-"""Stochastic gradient descent, with momentum, dampening and Nesterov momentum."""
+"""Stochastic gradient descent, with momentum, dampening and Nesterov momentum; and averaged SGD."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr, check_fused
+from .optimizer import Optimizer, check_array_lr, check_fused, check_nonnegative
 from .terms import decay_coefficients, decay_switches, direction
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "ASGD"]
 
 
 class SGD(Optimizer):
@@ -114,3 +114,97 @@ class SGD(Optimizer):
             state = {**state, "momentum_buffer": buffer}
             grad = ops.add(grad, buffer, alpha=h.momentum) if h.nesterov else buffer
         return ops.add(param, grad, alpha=-h.lr), state
+
+
+def _learning_rate(h):
+    return h.lr
+
+
+class ASGD(Optimizer):
+    r"""Averaged SGD (Polyak & Juditsky), in torch.optim.ASGD's form.
+
+    .. math::
+        g_t &= \pm\nabla L(\theta_{t-1}) + \lambda_{wd}\,\theta_{t-1} \\
+        \theta_t &= \theta_{t-1}(1 - \lambda\eta_t) - \eta_t g_t \\
+        \bar\theta_t &= \bar\theta_{t-1} + \mu_t(\theta_t - \bar\theta_{t-1})
+            \quad (\bar\theta_t = \theta_t \text{ while } \mu_t = 1) \\
+        \eta_{t+1} &= \frac{\eta}{(1 + \lambda\eta t)^{\alpha}}, \qquad
+        \mu_{t+1} = \frac{1}{\max(1, t - t_0)}
+
+    with lr :math:`\eta`, lambd :math:`\lambda` (the decay term, also the step-size
+    decay), alpha :math:`\alpha`, t0 :math:`t_0` (the step averaging starts).
+
+    State: ``step``, ``eta`` (:math:`\eta_t`, starting at lr), ``mu``
+    (:math:`\mu_t`, starting at 1) -- 0-d counters, as in torch.optim -- and
+    ``ax``, the average :math:`\bar\theta`: read it for evaluation, the
+    parameters themselves are the un-averaged iterate.  A step uses the
+    :math:`\eta_t, \mu_t` stored by the previous one.
+    """
+
+    counters = {"step": 0.0, "eta": _learning_rate, "mu": 1.0}
+    sparse_gradients_error = "ASGD does not support sparse gradients"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1e-2,
+        lambd: float = 1e-4,
+        alpha: float = 0.75,
+        t0: float = 1e6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        check_array_lr(lr)
+        check_nonnegative(lr, "learning rate")
+        check_nonnegative(weight_decay, "weight_decay value")
+        defaults = dict(
+            lr=lr,
+            lambd=lambd,
+            alpha=alpha,
+            t0=t0,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults, backend=backend)
+
+    switches = staticmethod(decay_switches)
+
+    @staticmethod
+    def coefficients(math, numbers):
+        return dict(decay_coefficients(numbers), lambd=numbers["lambd"], alpha=numbers["alpha"], t0=numbers["t0"])
+
+    @staticmethod
+    def schedule(math, h, counters):
+        eta, mu = math.float(counters["eta"]), math.float(counters["mu"])
+        step = counters["step"] + 1
+        t = math.float(step)
+        # torch.optim computes the next eta from lr as given: a tensor lr keeps it in float32.
+        next_eta = h.lr / (1 + h.lambd * h.lr * t) ** h.alpha
+        since_t0 = t - h.t0
+        next_mu = 1 / math.where(since_t0 > 1, since_t0, 1.0)
+        advanced = {
+            "step": step,
+            "eta": math.cast_like(next_eta, counters["eta"]),
+            "mu": math.cast_like(next_mu, counters["mu"]),
+        }
+        return dict(eta=eta, mu=mu, shrink=1 - h.lambd * eta), advanced
+
+    @staticmethod
+    def initial_state(ops, param, h):
+        return {"ax": ops.zeros_like(param)}
+
+    @staticmethod
+    def update(ops, param, grad, state, h):
+        grad = direction(ops, param, grad, h)
+        param = ops.add(param * h.shrink, grad, alpha=-h.eta)
+        ax = state["ax"]
+        # Until averaging starts (mu = 1) torch copies the parameter: ax + (param - ax) would round.
+        return param, {"ax": ops.where(h.mu != 1, ax + (param - ax) * h.mu, param)}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
-
 def decay_switches(group: dict[str, Any], decoupled: bool = False) -> dict[str, Any]:
     """The branches of :func:`direction` and :func:`decoupled_decay` for ``group``."""
     decays = group["weight_decay"] != 0
@@ -30,3 +28,8 @@ def direction(ops, param, grad, h):
 def decoupled_decay(param, h):
     """AdamW's decay: the parameter shrinks by ``1 - lr * weight_decay`` before the step."""
     return param * h.decay_factor if h.decoupled_decay else param
+
+
+def count_step(math, h, counters):
+    """For rules that count steps (torch.optim's state has ``step``) without using the count."""
+    return {}, {"step": counters["step"] + 1}

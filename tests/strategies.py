@@ -47,8 +47,17 @@ def groupings(draw, leaves: int) -> list[list[int]]:
 
 
 @st.composite
-def problems(draw, dtype: str, *, max_steps: int = 20, min_steps: int = 1, missing_grads: bool = True) -> Problem:
-    shapes = draw(st.lists(SHAPES, min_size=1, max_size=4))
+def problems(
+    draw,
+    dtype: str,
+    *,
+    max_steps: int = 20,
+    min_steps: int = 1,
+    missing_grads: bool = True,
+    shapes: st.SearchStrategy[tuple] = SHAPES,
+    magnitudes: tuple[str, ...] = tuple(MAGNITUDES),
+) -> Problem:
+    shapes = draw(st.lists(shapes, min_size=1, max_size=4))
     steps = draw(st.integers(min_steps, max_steps))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -60,7 +69,7 @@ def problems(draw, dtype: str, *, max_steps: int = 20, min_steps: int = 1, missi
             if missing_grads and draw(st.integers(0, 5)) == 0:
                 row.append(None)
             else:
-                scale = MAGNITUDES[draw(st.sampled_from(sorted(MAGNITUDES)))]
+                scale = MAGNITUDES[draw(st.sampled_from(sorted(magnitudes)))]
                 row.append((scale * rng.standard_normal(shape)).astype(dtype))
         grads.append(row)
     return Problem(params, grads, draw(groupings(len(shapes))))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 import optimizers
+from tests import harness
 from tests.harness import relative_error
 from tests.registry import REGISTRY
 
@@ -18,18 +21,26 @@ DECAY_BEFORE_REAL_VIEW = {"Adam", "AdamW", "Adamax", "Adagrad", "RMSprop", "Adad
 
 OPTIONS = {
     "SGD": dict(lr=0.1, momentum=0.9),
+    "ASGD": dict(t0=3, lambd=0.01),
     "Adagrad": dict(initial_accumulator_value=0.3),  # starts at (0.3, 0.3), as torch.optim
     "RMSprop": dict(centered=True, momentum=0.5),
 }
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+COMPLEX_RULES = sorted(name for name in REGISTRY if getattr(optimizers, name).complex_parameters_error is None)
+CASES = [
+    (name, weight_decay)
+    for name in COMPLEX_RULES
+    for weight_decay in ([0.0, 0.1] if "weight_decay" in inspect.signature(getattr(torch.optim, name)).parameters else [0.0])
+]
+
+
+@pytest.mark.parametrize("name, weight_decay", CASES)
 def test_complex_parameters_step_as_in_torch_optim(name, weight_decay):
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(2, 3, dtype=torch.complex128, generator=generator)
     grads = [torch.randn(2, 3, dtype=torch.complex128, generator=generator) for _ in range(8)]
-    kwargs = dict(OPTIONS.get(name, {}), weight_decay=weight_decay)
+    kwargs = dict(OPTIONS.get(name, {}), **({"weight_decay": weight_decay} if weight_decay else {}))
 
     ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
     ours_opt = getattr(optimizers, name)([ours], **kwargs)
@@ -56,3 +67,28 @@ def test_complex_parameters_step_as_in_torch_optim(name, weight_decay):
             assert torch.equal(mine, value), key
         else:
             assert relative_error(mine.numpy(), value.numpy()) <= 1e-14, key
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - set(COMPLEX_RULES)))
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_rules_without_complex_support_raise_torch_optims_error_and_change_nothing(name, backend):
+    start = torch.randn(2, 3, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    reference = start.clone().requires_grad_()
+    reference.grad = torch.ones_like(start)
+    with pytest.raises(RuntimeError) as expected:
+        getattr(torch.optim, name)([reference]).step()
+    real = torch.zeros(2, 3, requires_grad=True)
+    if backend == "torch":
+        params = [real, start.clone().requires_grad_()]
+        optimizer = getattr(optimizers, name)(params)
+        for param in params:
+            param.grad = torch.ones_like(param)
+        step = optimizer.step
+    else:
+        params = [jnp.zeros((2, 3)), jnp.asarray(start.numpy())]
+        optimizer = getattr(optimizers, name)(params)
+        step = lambda: optimizer.step([jnp.ones((2, 3)), jnp.ones((2, 3), jnp.complex64)])  # noqa: E731
+    with pytest.raises(RuntimeError, match=f"^{expected.value}$"):
+        step()
+    # The real parameter before it was not stepped either.
+    assert not optimizer.state and np.array_equal(harness.to_numpy(optimizer.params[0]), np.zeros((2, 3)))

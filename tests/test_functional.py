@@ -32,15 +32,21 @@ OPTIONS = {
     "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
     "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
     "Adadelta": dict(lr=0.5),
+    "ASGD": dict(lr=0.05, t0=2, lambd=0.01, weight_decay=0.01),
+    "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
+    "Adafactor": dict(lr=0.05, weight_decay=0.01, eps=(None, 1e-3)),
+    "Muon": dict(lr=0.02, nesterov=True),
 }
 assert set(OPTIONS) == set(ALGORITHMS)
 
 
-def model_params(dtype=jnp.float64):
+def model_params(dtype=jnp.float64, name: str | None = None):
     rng = np.random.default_rng(0)
+    # Muon takes matrices only: its bias and scale are 1 x n matrices, broadcast alike.
+    matrix = (1,) if name == "Muon" else ()
     return {
-        "dense": {"w": jnp.asarray(rng.standard_normal((4, 3)), dtype), "b": jnp.zeros(3, dtype)},
-        "scale": jnp.asarray(1.5, dtype),
+        "dense": {"w": jnp.asarray(rng.standard_normal((4, 3)), dtype), "b": jnp.zeros(matrix + (3,), dtype)},
+        "scale": jnp.full(matrix * 2, 1.5, dtype),
     }
 
 
@@ -59,7 +65,7 @@ def leaves(tree):
 
 
 def object_oriented_run(name, data, options):
-    optimizer = getattr(optimizers, name)(model_params(), **options)
+    optimizer = getattr(optimizers, name)(model_params(name=name), **options)
     for inputs, targets in data:
         optimizer.step(jax.grad(loss_fn)(optimizer.params, inputs, targets))
     return optimizer.params
@@ -72,7 +78,7 @@ def assert_close_trees(got, expected, rtol=1e-13):
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_a_jitted_donating_train_step_follows_the_object_step(name):
-    optimizer = getattr(optimizers, name)(model_params(), **OPTIONS[name])
+    optimizer = getattr(optimizers, name)(model_params(name=name), **OPTIONS[name])
     init, update, _ = optimizer.functional()
 
     @jax.jit
@@ -81,7 +87,7 @@ def test_a_jitted_donating_train_step_follows_the_object_step(name):
 
     # Parameters and state are donated: updated in place, as a JAX training loop does.
     apply = jax.jit(update, donate_argnums=(1, 2))
-    params = model_params()
+    params = model_params(name=name)
     state = init(params)
     structure = jax.tree_util.tree_structure(state)
     data = batches()
@@ -95,17 +101,21 @@ def test_a_jitted_donating_train_step_follows_the_object_step(name):
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_the_state_pytree_holds_torch_optims_entries_per_leaf(name):
-    optimizer = getattr(optimizers, name)(model_params(), **OPTIONS[name])
+    optimizer = getattr(optimizers, name)(model_params(name=name), **OPTIONS[name])
     form = optimizer.functional()
-    params = model_params()
+    params = model_params(name=name)
     state = form.init(params)
     new_params, new_state = form.update(jax.grad(loss_fn)(params, *batches(1)[0]), state, params)
-    reference = getattr(torch.optim, name)([torch.zeros(3, requires_grad=True)], **OPTIONS[name])
-    reference.param_groups[0]["params"][0].grad = torch.ones(3)
+    leaves_ = jax.tree_util.tree_leaves(params)
+    tensors = [torch.zeros(leaf.shape, dtype=torch.float64, requires_grad=True) for leaf in leaves_]
+    reference = getattr(torch.optim, name)(tensors, **OPTIONS[name])
+    for tensor in tensors:
+        tensor.grad = torch.ones_like(tensor)
     reference.step()
-    expected_keys = set(reference.state[reference.param_groups[0]["params"][0]])
-    for leaf_state in jax.tree_util.tree_structure(params).flatten_up_to(new_state):
-        assert set(leaf_state) - {"initialized"} == expected_keys
+    for tensor, leaf_state in zip(tensors, jax.tree_util.tree_structure(params).flatten_up_to(new_state)):
+        assert set(leaf_state) - {"initialized"} == set(reference.state[tensor])  # a pytree's dicts sort their keys
+        for key, value in reference.state[tensor].items():
+            assert np.shape(leaf_state[key]) == tuple(value.shape), key
     assert form.hyperparams == {k: v for k, v in optimizer.param_groups[0].items() if k in form.hyperparams}
 
 

@@ -58,7 +58,7 @@ ALGORITHMS = sorted(REGISTRY)
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_is_a_torch_optimizer_with_torch_signature(name):
-    parameter = torch.nn.Parameter(torch.zeros(2))
+    parameter = torch.nn.Parameter(torch.zeros(2, 2))  # a matrix: Muon takes no other
     assert isinstance(getattr(optimizers, name)([parameter]), torch.optim.Optimizer)
     ours = inspect.signature(getattr(optimizers, name).__init__).parameters
     theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
