@@ -12,6 +12,7 @@ are imported lazily, so a PyTorch user never pays for importing JAX.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Protocol
@@ -50,6 +51,11 @@ class HostMath:
     @staticmethod
     def where(condition: Any, if_true: Any, if_false: Any) -> Any:
         return if_true if condition else if_false
+
+    @staticmethod
+    def sqrt(value: Any) -> Any:
+        """``math.sqrt``: correctly rounded, unlike ``value ** 0.5``."""
+        return math.sqrt(value)
 
     @staticmethod
     def cast_like(value: Any, like: Any) -> Any:

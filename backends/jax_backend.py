@@ -92,8 +92,31 @@ class JaxOps:
 
     @staticmethod
     def dense(x):
-        """JAX gradients are dense already."""
-        return x
+        return x.todense() if isinstance(x, sparse.BCOO) else x
+
+    @staticmethod
+    def coalesce(x):
+        """A sparse array with its duplicate entries summed (padding entries point out of bounds).
+
+        A dense array becomes the sparse array of its nonzero entries (as torch's ``to_sparse``).
+        """
+        if not isinstance(x, sparse.BCOO):
+            return sparse.BCOO.fromdense(x, nse=x.size)
+        return x.sum_duplicates(nse=x.nse)
+
+    @staticmethod
+    def sparse_values(x):
+        return x.data
+
+    @staticmethod
+    def gather(dense, like):
+        """The entries of ``dense`` where the sparse array ``like`` has entries, shaped as its values."""
+        return dense.at[tuple(like.indices.T)].get(mode="fill", fill_value=0)
+
+    @staticmethod
+    def scatter_add(dense, like, values):
+        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
+        return dense.at[tuple(like.indices.T)].add(values, mode="drop")
 
     @staticmethod
     def clamp(x, low=None, high=None):
@@ -203,7 +226,7 @@ class JaxBackend:
         return result
 
     def match_gradients(self, grads: Any, structure: Any, params: list) -> list:
-        found, found_structure = jax.tree_util.tree_flatten_with_path(grads, is_leaf=lambda x: x is None)
+        found, found_structure = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_gradient_leaf)
         if found_structure != structure:
             expected = [p.path for p in params]
             given = [_where(path) for path, _ in found]
@@ -274,10 +297,15 @@ def _where(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
+def _is_gradient_leaf(node: Any) -> bool:
+    """None (no gradient) and sparse arrays are leaves of a gradient tree, not subtrees."""
+    return node is None or isinstance(node, sparse.BCOO)
+
+
 def _checked_gradient(grad: Any, param: Param) -> jax.Array | None:
     if grad is None:
         return None
-    if not isinstance(grad, jax.Array):
+    if not isinstance(grad, (jax.Array, sparse.BCOO)):
         try:
             grad = jnp.asarray(grad)
         except TypeError as error:
@@ -306,6 +334,7 @@ class TracedMath:
         return _convert_element_type(value, jnp.result_type(float), weak_type=True)
 
     where = staticmethod(jnp.where)
+    sqrt = staticmethod(jnp.sqrt)
 
     @staticmethod
     def cast_like(value, like):
@@ -441,7 +470,7 @@ def _functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: typ
         stepping = [i for i, grad in enumerate(grad_leaves) if grad is not None]
         new_values, new_states = _traced_step(
             rule, switches, [numbers], [[values[i] for i in stepping]],
-            [[jnp.asarray(grad_leaves[i]).astype(values[i].dtype) for i in stepping]], [[states[i] for i in stepping]],
+            [[_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]], [[states[i] for i in stepping]],
         )
         values, states = list(values), list(states)
         for i, value, leaf_state in zip(stepping, new_values[0], new_states[0]):
@@ -449,6 +478,10 @@ def _functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: typ
         return jax.tree_util.tree_unflatten(structure, values), jax.tree_util.tree_unflatten(structure, states)
 
     return Functional(init, update, {k: _plain(v) for k, v in defaults.items()})
+
+
+def _as_dtype(grad: Any, dtype: Any) -> Any:
+    return grad.astype(dtype) if isinstance(grad, sparse.BCOO) else jnp.asarray(grad).astype(dtype)
 
 
 def _shared(rule: Rule, switches: tuple, numbers: Mapping[str, Any]) -> dict:

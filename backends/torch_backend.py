@@ -49,6 +49,25 @@ class TorchOps:
         return x.to_dense() if x.is_sparse else x
 
     @staticmethod
+    def coalesce(x):
+        """A sparse array with its duplicate entries summed; a dense one as the sparse array of its nonzeros."""
+        return x.coalesce() if x.is_sparse else x.to_sparse()
+
+    @staticmethod
+    def sparse_values(x):
+        return x._values()
+
+    @staticmethod
+    def gather(dense, like):
+        """The entries of ``dense`` where the sparse array ``like`` has entries, shaped as its values."""
+        return dense.sparse_mask(like)._values()
+
+    @staticmethod
+    def scatter_add(dense, like, values):
+        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
+        return dense.add(torch.sparse_coo_tensor(like._indices(), values, like.size()))
+
+    @staticmethod
     def where(condition, if_true, if_false):
         """Elementwise choice; a Python bool (a host-side schedule's) picks one array whole."""
         if isinstance(condition, bool):

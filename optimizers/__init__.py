@@ -15,9 +15,10 @@ from .optax_adapter import as_optax
 from .optimizer import Optimizer, required
 from .rprop import Rprop
 from .sgd import ASGD, SGD
+from .sparse_adam import SparseAdam
 
 __all__ = [
     "ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "Muon", "NAdam", "Optimizer", "RAdam",
-    "RMSprop", "Rprop", "SGD", "as_optax", "required",
+    "RMSprop", "Rprop", "SGD", "SparseAdam", "as_optax", "required",
 ]
 __version__ = "0.1.0"
