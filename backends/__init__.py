@@ -100,6 +100,9 @@ class Backend(Protocol):
     def value(self, param: Any) -> Any:
         """The current array of a parameter object."""
 
+    def write(self, param: Any, value: Any) -> None:
+        """Set a parameter's value (in place on torch, keeping the tensor's identity)."""
+
     def assemble(self, structure: Any, values: list) -> Any:
         """Rebuild a group's parameters, in the structure the user gave them."""
 

@@ -153,6 +153,20 @@ class JaxOps:
         """A 0-d array as a (traced) number of the host's precision, as ``.item()`` gives on torch."""
         return TracedMath.float(x)
 
+    @staticmethod
+    def concat(arrays):
+        return jnp.concatenate(arrays)
+
+    @staticmethod
+    def dot(x, y):
+        """The inner product of two vectors, as a 0-d array."""
+        return jnp.dot(x, y)
+
+    @staticmethod
+    def copy(x):
+        """JAX arrays are immutable: ``x`` itself is the copy."""
+        return x
+
     finfo = staticmethod(jnp.finfo)
     rsqrt = staticmethod(jax.lax.rsqrt)
 
@@ -212,6 +226,9 @@ class JaxBackend:
 
     def value(self, param: Param) -> jax.Array:
         return param.value
+
+    def write(self, param: Param, value: jax.Array) -> None:
+        param.value = value
 
     def assemble(self, structure: Any, values: list) -> Any:
         return jax.tree_util.tree_unflatten(structure, values)

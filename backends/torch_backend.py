@@ -102,6 +102,20 @@ class TorchOps:
         """A 0-d array as a host number, as torch.optim's ``.item()`` reads it (a device sync)."""
         return x.item()
 
+    @staticmethod
+    def concat(arrays):
+        return torch.cat(arrays)
+
+    @staticmethod
+    def dot(x, y):
+        """The inner product of two vectors, as a 0-d array."""
+        return torch.dot(x, y)
+
+    @staticmethod
+    def copy(x):
+        """An array that later writes to ``x`` leave as it is."""
+        return torch.clone(x)
+
     finfo = staticmethod(torch.finfo)
     matmul = staticmethod(torch.matmul)
     rsqrt = staticmethod(torch.rsqrt)
@@ -159,6 +173,11 @@ class TorchBackend:
 
     def value(self, param: torch.Tensor) -> torch.Tensor:
         return param
+
+    def write(self, param: torch.Tensor, value: torch.Tensor) -> None:
+        if value is not param:
+            with torch.no_grad():
+                param.copy_(value)
 
     def assemble(self, structure: None, values: list) -> list:
         return list(values)

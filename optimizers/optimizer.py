@@ -232,11 +232,11 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 the loss.  On JAX, either a callable ``f(params) -> (loss, grads)``
                 or the gradients themselves, shaped like :attr:`params`.
         """
-        loss, grads = None, closure
+        loss = None
         if callable(closure):
-            loss, grads = self._backend.run_closure(closure, self.params)
-        if grads is not None:
-            self._receive_gradients(grads)
+            loss = self._run_closure(closure)
+        elif closure is not None:
+            self._receive_gradients(closure)
         stepping = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         stepping = [(group, params) for group, params in stepping if params]
         self._check_step(stepping)
@@ -251,6 +251,13 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             work.append((group, params, h))
         if work:
             self._backend.apply(self._rule, work, self.state)
+        return loss
+
+    def _run_closure(self, closure: Callable) -> Any:
+        """Evaluate a step closure at the current parameters; its gradients land on ``.grad``."""
+        loss, grads = self._backend.run_closure(closure, self.params)
+        if grads is not None:
+            self._receive_gradients(grads)
         return loss
 
     def _check_step(self, stepping: list[tuple[dict[str, Any], list]]) -> None:
