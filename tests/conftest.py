@@ -11,7 +11,7 @@ jax.config.update("jax_enable_x64", True)
 
 settings.register_profile(
     "ci",
-    max_examples=40,
+    max_examples=20,
     derandomize=True,
     deadline=None,
     print_blob=True,
