@@ -136,12 +136,12 @@ class JaxOps:
     @staticmethod
     def matmul(m1, m2):
         """m1 @ m2, accumulated in float32 or wider and rounded once, as torch's CPU kernels."""
-        return jnp.matmul(m1, m2, preferred_element_type=_compute_dtype(m1)).astype(m1.dtype)
+        return _wide_matmul(m1, m2).astype(m1.dtype)
 
     @staticmethod
     def addmm(x, m1, m2, beta=1.0, alpha=1.0):
         """beta * x + alpha * (m1 @ m2), rounded once to x's dtype, as torch's CPU addmm."""
-        product = jnp.matmul(m1, m2, preferred_element_type=_compute_dtype(x))
+        product = _wide_matmul(m1, m2)
         return (alpha * product + beta * x.astype(product.dtype)).astype(x.dtype)
 
     @staticmethod
@@ -187,6 +187,11 @@ class JaxOps:
 def _compute_dtype(x) -> Any:
     """float32 for low-precision arrays, their own dtype otherwise: what torch's CPU kernels accumulate in."""
     return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _wide_matmul(m1, m2):
+    """m1 @ m2 left in the accumulation dtype (see :func:`_compute_dtype`), not yet rounded."""
+    return jnp.matmul(m1, m2, preferred_element_type=_compute_dtype(m1))
 
 
 class JaxBackend:

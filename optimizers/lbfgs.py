@@ -125,11 +125,13 @@ class LBFGS(Optimizer):
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
 
+        def converged(gradient):
+            return ops.abs(gradient).max() <= group["tolerance_grad"]
+
         first_loss, loss, flat_grad = self._evaluate(closure)
         evaluations = 1
         state["func_evals"] += 1
-        converged = ops.abs(flat_grad).max() <= group["tolerance_grad"]
-        if converged:
+        if converged(flat_grad):
             return first_loss
 
         d, t = state.get("d"), state.get("t")
@@ -163,7 +165,7 @@ class LBFGS(Optimizer):
             if gtd > -tolerance_change:  # not a descent direction
                 break
 
-            spent = 0
+            spent, optimal = 0, False
             if group["line_search_fn"] is not None:
                 start = [self._backend.ops.copy(value) for value in self._values()]
 
@@ -177,12 +179,12 @@ class LBFGS(Optimizer):
                     ops, at, t, d, loss, flat_grad, gtd, tolerance_change, max_eval - evaluations
                 )
                 self._write(self._moved(self._values(), t, d))
-                converged = ops.abs(flat_grad).max() <= group["tolerance_grad"]
+                optimal = converged(flat_grad)
             else:
                 self._write(self._moved(self._values(), t, d))
                 if iteration != max_iter:
                     _, loss, flat_grad = self._evaluate(closure)
-                    converged = ops.abs(flat_grad).max() <= group["tolerance_grad"]
+                    optimal = converged(flat_grad)
                     spent = 1
             evaluations += spent
             state["func_evals"] += spent
@@ -190,7 +192,7 @@ class LBFGS(Optimizer):
             if (
                 iteration == max_iter
                 or evaluations >= max_eval
-                or converged
+                or optimal
                 or ops.abs(d * t).max() <= tolerance_change
                 or abs(loss - prev_loss) < tolerance_change
             ):

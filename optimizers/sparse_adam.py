@@ -5,7 +5,7 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr
+from .optimizer import Optimizer, check_array_lr, check_betas
 
 __all__ = ["SparseAdam"]
 
@@ -54,9 +54,7 @@ class SparseAdam(Optimizer):
             raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 < eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        for index in (0, 1):
-            if not 0.0 <= betas[index] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
+        check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize), backend=backend)
         for kind, test, why in (
             ("Sparse", self._backend.is_sparse, "SparseAdam requires dense parameter tensors"),

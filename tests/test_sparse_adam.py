@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from jax.experimental import sparse
 
 import optimizers
-from tests.harness import REPORT
+from tests.harness import REPORT, to_numpy
 from tests.registry import BETA1, BETA2, EPS
 from tests.strategies import small_floats
 from tests.test_properties import ACROSS_FRAMEWORKS
@@ -66,12 +66,8 @@ def run(backend, start, steps, kwargs):
             optimizer.step()
         state = optimizer.state[param]
         value = optimizer.params if backend == "jax" else param
-        history.append([_numpy(v) for v in (value, state["exp_avg"], state["exp_avg_sq"])])
+        history.append([to_numpy(v) for v in (value, state["exp_avg"], state["exp_avg_sq"])])
     return history
-
-
-def _numpy(value):
-    return value.detach().numpy().copy() if isinstance(value, torch.Tensor) else np.array(value)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -157,13 +153,13 @@ def test_a_checkpoint_moves_between_torch_optim_and_jax_with_an_integer_step(rou
         step(rows, values)
     saved = first.state_dict()
     assert isinstance(saved["state"][0]["step"], int) or saved["state"][0]["step"].dtype.kind == "i"
-    middle = _numpy(first.params if source == "jax" else first.param_groups[0]["params"][0])
+    middle = to_numpy(first.params if source == "jax" else first.param_groups[0]["params"][0])
     second, step = build(target, middle)
     second.load_state_dict(saved)
     for rows, values in steps[3:]:
         step(rows, values)
     assert isinstance(second.state_dict()["state"][0]["step"], int) or target == "jax"  # as torch.optim keeps it
-    final = _numpy(second.params if target == "jax" else second.param_groups[0]["params"][0])
+    final = to_numpy(second.params if target == "jax" else second.param_groups[0]["params"][0])
     np.testing.assert_allclose(final, expected, rtol=1e-12, atol=1e-14)
 
 
