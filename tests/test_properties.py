@@ -61,9 +61,14 @@ def test_jax_backend_agrees_with_torch(entry, dtype, data):
     problem, kwargs = draw_case(data, entry, dtype)
     lr_array = entry.tensor_lr and data.draw(st.booleans(), label="lr as a one-element array")
     jax_run = trajectory(entry, "jax", problem, kwargs, lr_array)
+    # A float32 lr makes the step sizes float32 numbers: torch computes their schedule in
+    # float32 tensor ops, each rounded, where XLA contracts a multiply-add into one FMA
+    # (ASGD's 1 + lambd * lr * t differs by a float32 ulp), so agreement is float32's.
+    precision = "float32" if lr_array else dtype
     for reference in ("torch", "torch.optim"):
         expected = trajectory(entry, reference, problem, kwargs, lr_array)
-        REPORT.compare(entry.name, f"jax vs {reference}", dtype, jax_run, expected, tolerance(entry, "jax", reference, dtype))
+        limit = tolerance(entry, "jax", reference, precision)
+        REPORT.compare(entry.name, f"jax vs {reference}", dtype, jax_run, expected, limit)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
