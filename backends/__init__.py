@@ -38,6 +38,7 @@ class Rule(NamedTuple):
     counters: tuple[str, ...]  # names of the scalar state schedule advances; update never sees it
     initial_counters: tuple[Any, ...]  # their values before the first step (see counter_array)
     real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
+    state_dtype: str | None = None  # "float32": narrower real parameters step and keep state in it
 
 
 class HostMath:
@@ -138,8 +139,20 @@ class Backend(Protocol):
         an initialized state.
         """
 
-    def load_state_value(self, value: Any, param: Any) -> Any:
-        """One saved state array (of any framework) as this backend's array, cast like torch.optim does."""
+    def floating_bits(self, array: Any) -> int | None:
+        """The width of a real floating array's dtype in bits; None for other dtypes."""
+
+    def cast(self, array: Any, dtype: str) -> Any:
+        """``array`` in the dtype named ``dtype`` ("float32"), dense or sparse."""
+
+    def all_finite(self, grads: list) -> bool:
+        """Whether every element of every gradient (dense or sparse) is finite."""
+
+    def load_state_value(self, value: Any, param: Any, dtype: str | None = None) -> Any:
+        """One saved state array (of any framework) as this backend's array, cast like torch.optim does.
+
+        Floating state takes the parameter's dtype, or ``dtype`` if given (a ``state_dtype``).
+        """
 
 
 def run_update(backend: Backend, rule: Rule, param: Any, grad: Any, state: dict, h: Any) -> tuple[Any, dict]:
@@ -163,12 +176,31 @@ def counter_array(initial: Any, value: Any, counter_dtype: type) -> np.ndarray:
     return np.asarray(value) if hasattr(value, "dtype") else np.asarray(value, counter_dtype)
 
 
+def compute_dtype(backend: Backend, rule: Rule, param: Any) -> str | None:
+    """The dtype a parameter steps in when ``rule.state_dtype`` is wider than it, else None."""
+    bits = backend.floating_bits(param)
+    if rule.state_dtype is None or bits is None or bits >= np.dtype(rule.state_dtype).itemsize * 8:
+        return None
+    return rule.state_dtype
+
+
+def widened(backend: Backend, rule: Rule, array: Any, like: Any) -> Any:
+    """``array`` (a parameter or its gradient) in the dtype the parameter ``like`` steps in.
+
+    With a ``state_dtype``, the rule sees a bfloat16 parameter as its float32 copy: its state is
+    created, kept and updated in float32, and the parameter is rounded once per step.
+    """
+    dtype = compute_dtype(backend, rule, like)
+    return array if dtype is None else backend.cast(array, dtype)
+
+
 def initial_state(backend: Backend, rule: Rule, param: Any, h: Any, counter_dtype: type) -> dict[str, Any]:
     """A parameter's state before its first step: counters, then the rule's arrays.
 
     A counter's initial value is a number, or a function of the group's scalars ``h``
     (ASGD's ``eta`` starts at the learning rate).
     """
+    param = widened(backend, rule, param, param)
     counters = {
         k: backend.store_counter(counter_array(v, v(h) if callable(v) else v, counter_dtype))
         for k, v in zip(rule.counters, rule.initial_counters)

@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import sparse
 from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 
-from backends import Rule, initial_state, numbers, run_update
+from backends import Rule, initial_state, numbers, run_update, widened
 
 
 class Param:
@@ -174,7 +174,10 @@ class JaxOps:
     sqrt = staticmethod(jnp.sqrt)
     maximum = staticmethod(jnp.maximum)
     abs = staticmethod(jnp.abs)
-    sign = staticmethod(jnp.sign)
+    @staticmethod
+    def sign(x):
+        """-1, 0 or 1; 0 for NaN, as torch's CPU kernel computes (0 < x) - (x < 0)."""
+        return jnp.where(jnp.isnan(x), jnp.zeros_like(x), jnp.sign(x))
     zeros_like = staticmethod(jnp.zeros_like)
 
     @staticmethod
@@ -275,6 +278,15 @@ class JaxBackend:
     def is_sparse(self, array: Any) -> bool:
         return isinstance(array, sparse.BCOO)
 
+    def floating_bits(self, array: Any) -> int | None:
+        return jnp.finfo(array.dtype).bits if jnp.issubdtype(array.dtype, jnp.floating) else None
+
+    def cast(self, array: Any, dtype: str) -> Any:
+        return array.astype(dtype)
+
+    def all_finite(self, grads: list) -> bool:
+        return bool(_all_finite([g.data if isinstance(g, sparse.BCOO) else g for g in grads]))
+
     def is_complex(self, array: jax.Array) -> bool:
         return jnp.iscomplexobj(array)
 
@@ -303,9 +315,9 @@ class JaxBackend:
     def functional(self, rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type) -> "Functional":
         return _functional(rule, group, h, counter_dtype)
 
-    def load_state_value(self, value: Any, param: Param) -> jax.Array:
+    def load_state_value(self, value: Any, param: Param, dtype: str | None = None) -> jax.Array:
         array = value if isinstance(value, jax.Array) else _owned_copy(value)
-        return array.astype(param.dtype) if jnp.issubdtype(param.dtype, jnp.inexact) else array
+        return array.astype(dtype or param.dtype) if jnp.issubdtype(param.dtype, jnp.inexact) else array
 
 
 def _owned_copy(value: Any) -> jax.Array:
@@ -417,11 +429,12 @@ def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
     counters = {k: param_state[k] for k in rule.counters}
     arrays = {k: v for k, v in param_state.items() if k not in rule.counters}
     scheduled, advanced = rule.schedule(TracedMath, SimpleNamespace(**shared), counters)
-    precision = jnp.promote_types(jnp.finfo(value.dtype).dtype, jnp.float32)
+    work, work_grad = widened(BACKEND, rule, value, value), widened(BACKEND, rule, grad, value)
+    precision = jnp.promote_types(jnp.finfo(work.dtype).dtype, jnp.float32)
     h = SimpleNamespace(**{k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
-    new_value, new_arrays = run_update(BACKEND, rule, value, grad, arrays, h)
+    new_value, new_arrays = run_update(BACKEND, rule, work, work_grad, arrays, h)
     new_state = {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
-    new_state.update({k: v.astype(arrays[k].dtype if k in arrays else value.dtype) for k, v in new_arrays.items()})
+    new_state.update({k: v.astype(arrays[k].dtype if k in arrays else work.dtype) for k, v in new_arrays.items()})
     return new_value.astype(value.dtype), new_state
 
 
@@ -436,6 +449,11 @@ def _traced_step(rule, switches, numbers, values, grads, states):
         new_values.append([value for value, _ in stepped])
         new_states.append([param_state for _, param_state in stepped])
     return new_values, new_states
+
+
+@jax.jit
+def _all_finite(arrays: list) -> jax.Array:
+    return jnp.array([jnp.isfinite(a).all() for a in arrays]).all()
 
 
 #: The object-oriented step: one program for the whole step (switches compiled in).

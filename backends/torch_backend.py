@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import HostMath, Rule, run_update
+from backends import HostMath, Rule, run_update, widened
 
 
 class TorchOps:
@@ -213,6 +213,17 @@ class TorchBackend:
     def is_sparse(self, array: torch.Tensor) -> bool:
         return array.is_sparse
 
+    def floating_bits(self, array: torch.Tensor) -> int | None:
+        return array.dtype.itemsize * 8 if array.is_floating_point() else None
+
+    def cast(self, array: torch.Tensor, dtype: str) -> torch.Tensor:
+        return array.to(getattr(torch, dtype))
+
+    def all_finite(self, grads: list) -> bool:
+        # One flag per gradient, stacked, so the host waits once.
+        flags = [torch.isfinite(g.coalesce().values() if g.is_sparse else g).all() for g in grads]
+        return bool(torch.stack(flags).all()) if flags else True
+
     def is_complex(self, array: torch.Tensor) -> bool:
         return array.is_complex()
 
@@ -237,18 +248,19 @@ class TorchBackend:
                     # floats torch.optim hands them.
                     param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
                     arrays = {k: v for k, v in held.items() if k not in rule.counters}
-                    new_param, new_arrays = run_update(self, rule, param, param.grad, arrays, param_h)
+                    value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
+                    new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h)
                     if new_param is not param:
                         param.copy_(new_param)
                     _write_state(held, {**advanced, **new_arrays})
                     if held and param not in state:
                         state[param] = held
 
-    def load_state_value(self, value: Any, param: torch.Tensor) -> torch.Tensor:
+    def load_state_value(self, value: Any, param: torch.Tensor, dtype: str | None = None) -> torch.Tensor:
         # torch.optim's casting policy: state follows the parameter's floating dtype and device.
         tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value).clone()
         if param.is_floating_point():
-            return tensor.to(dtype=param.dtype, device=param.device)
+            return tensor.to(dtype=getattr(torch, dtype) if dtype else param.dtype, device=param.device)
         return tensor.to(device=param.device)
 
 

@@ -60,6 +60,8 @@ class Adafactor(Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         if not 0.0 <= lr:
@@ -77,7 +79,19 @@ class Adafactor(Optimizer):
         defaults = dict(
             lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach, maximize=maximize
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+
+    def _check_step(self, stepping):
+        super()._check_step(stepping)
+        for _, params in stepping:
+            for param in params:
+                shape = tuple(self._backend.value(param).shape)
+                if prod(shape) == 0:
+                    # torch.optim raises this too, partway through its step; here before any change.
+                    raise ZeroDivisionError(
+                        f"float division by zero: Adafactor divides by the square root of a parameter's "
+                        f"element count, and a parameter of shape {shape} is empty"
+                    )
 
     @staticmethod
     def switches(group):

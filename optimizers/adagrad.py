@@ -49,6 +49,8 @@ class Adagrad(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -68,7 +70,7 @@ class Adagrad(Optimizer):
             differentiable=differentiable,
             fused=fused,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
         self._initialize_all_state()
 
     switches = staticmethod(decay_switches)
@@ -135,6 +137,8 @@ class RMSprop(Optimizer):
         differentiable: bool = False,
         *,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -154,7 +158,7 @@ class RMSprop(Optimizer):
             maximize=maximize,
             differentiable=differentiable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     @staticmethod
     def switches(group):
@@ -219,6 +223,8 @@ class Adadelta(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -236,7 +242,7 @@ class Adadelta(Optimizer):
             foreach=foreach,
             differentiable=differentiable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     switches = staticmethod(decay_switches)
 

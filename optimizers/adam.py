@@ -99,6 +99,8 @@ class Adam(Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         if hasattr(lr, "shape"):
             if foreach and not capturable:
@@ -131,7 +133,7 @@ class Adam(Optimizer):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     @staticmethod
     def switches(group):
@@ -190,6 +192,8 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         super().__init__(
             params,
@@ -205,6 +209,8 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
             backend=backend,
+            skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
         )
 
     def __setstate__(self, state):
@@ -242,6 +248,8 @@ class Adamax(Optimizer):
         differentiable: bool = False,
         capturable: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         _check_adam_family(lr, eps, betas, weight_decay)
         defaults = dict(
@@ -254,7 +262,7 @@ class Adamax(Optimizer):
             differentiable=differentiable,
             capturable=capturable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     switches = staticmethod(_switches)
     coefficients = staticmethod(_coefficients)
@@ -312,6 +320,8 @@ class NAdam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         _check_adam_family(lr, eps, betas, weight_decay)
         check_nonnegative(momentum_decay, "momentum_decay value")
@@ -327,7 +337,7 @@ class NAdam(Optimizer):
             capturable=capturable,
             differentiable=differentiable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     switches = staticmethod(_switches)
 
@@ -399,6 +409,8 @@ class RAdam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         _check_adam_family(lr, eps, betas, weight_decay)
         defaults = dict(
@@ -412,7 +424,7 @@ class RAdam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             differentiable=differentiable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     switches = staticmethod(_switches)
     coefficients = staticmethod(_coefficients)

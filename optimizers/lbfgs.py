@@ -56,6 +56,7 @@ class LBFGS(Optimizer):
         line_search_fn: str | None = None,
         *,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -70,11 +71,20 @@ class LBFGS(Optimizer):
             history_size=history_size,
             line_search_fn=line_search_fn,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
 
     # -- the parameters as one vector ----------------------------------------------
+
+    def _lazy_state_shape(self, key: str, value: Any) -> tuple | None:
+        # The direction and last gradient are flat vectors over all parameters (complex as
+        # real pairs); the history lists and scalars have no fixed shape.
+        if key not in ("d", "prev_flat_grad"):
+            return None
+        backend = self._backend
+        values = [backend.value(p) for p in self.param_groups[0]["params"]]
+        return (sum(prod(v.shape) * (2 if backend.is_complex(v) else 1) for v in values),)
 
     def _flat_grad(self) -> Any:
         ops, backend = self._backend.ops, self._backend
@@ -111,12 +121,49 @@ class LBFGS(Optimizer):
     # -- the algorithm --------------------------------------------------------------
 
     def step(self, closure: Callable) -> Any:  # type: ignore[override]
-        """Run up to ``max_iter`` L-BFGS iterations; return the closure's first loss."""
+        """Run up to ``max_iter`` L-BFGS iterations; return the closure's first loss.
+
+        With ``skip_nonfinite``, a step in which any evaluated gradient is not finite
+        is undone: parameters and state return to where the step began.
+        """
         if len(self.param_groups) != 1:
             raise AssertionError(f"Expected exactly one param_group, but got {len(self.param_groups)}")
-        group = self.param_groups[0]
-        if group["line_search_fn"] not in (None, "strong_wolfe"):
+        if self.param_groups[0]["line_search_fn"] not in (None, "strong_wolfe"):
             raise RuntimeError("only 'strong_wolfe' is supported")
+        # The closure runs many times and the parameters move between runs: keep where the
+        # step began, to return there if a run raises (or, opted in, gives non-finite gradients).
+        first = self.param_groups[0]["params"][0]
+        had_state = first in self.state
+        start = [self._backend.ops.copy(value) for value in self._values()]
+        held = {k: list(v) if isinstance(v, list) else v for k, v in self.state.get(first, {}).items()}
+
+        def restore():
+            self._write(start)
+            if had_state:
+                self.state[first] = held
+            else:
+                self.state.pop(first, None)
+
+        finite = []
+
+        def evaluate(closure):
+            evaluated = self._evaluate(closure)
+            if self.skip_nonfinite:
+                finite.append(self._backend.all_finite([evaluated[2]]))
+            return evaluated
+
+        try:
+            first_loss = self._iterate(closure, evaluate)
+        except BaseException:
+            restore()
+            raise
+        if not all(finite):
+            restore()
+            self.skipped_steps += 1
+        return first_loss
+
+    def _iterate(self, closure: Callable, evaluate: Callable) -> Any:
+        group = self.param_groups[0]
         ops = self._backend.ops
         lr = group["lr"].reshape(()) if hasattr(group["lr"], "shape") else group["lr"]
         max_iter, max_eval = group["max_iter"], group["max_eval"]
@@ -128,7 +175,7 @@ class LBFGS(Optimizer):
         def converged(gradient):
             return ops.abs(gradient).max() <= group["tolerance_grad"]
 
-        first_loss, loss, flat_grad = self._evaluate(closure)
+        first_loss, loss, flat_grad = evaluate(closure)
         evaluations = 1
         state["func_evals"] += 1
         if converged(flat_grad):
@@ -171,7 +218,7 @@ class LBFGS(Optimizer):
 
                 def at(step_size, direction):
                     self._write(self._moved(start, step_size, direction))
-                    _, value, gradient = self._evaluate(closure)
+                    _, value, gradient = evaluate(closure)
                     self._write(start)
                     return value, gradient
 
@@ -183,7 +230,7 @@ class LBFGS(Optimizer):
             else:
                 self._write(self._moved(self._values(), t, d))
                 if iteration != max_iter:
-                    _, loss, flat_grad = self._evaluate(closure)
+                    _, loss, flat_grad = evaluate(closure)
                     optimal = converged(flat_grad)
                     spent = 1
             evaluations += spent

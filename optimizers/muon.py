@@ -59,6 +59,8 @@ class Muon(Optimizer):
         adjust_lr_fn: str | None = None,
         *,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         if not 0.0 <= lr:
@@ -79,7 +81,7 @@ class Muon(Optimizer):
             ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
         for group in self.param_groups:
             for param in group["params"]:
                 shape = self._backend.value(param).shape
@@ -90,8 +92,12 @@ class Muon(Optimizer):
         super()._check_step(stepping)
         for group, params in stepping:
             for param in params:
-                if len(self._backend.value(param).shape) != 2:  # a group added after construction
+                shape = tuple(self._backend.value(param).shape)
+                if len(shape) != 2:  # a group added after construction
                     raise ValueError("Param gradient must be a 2D matrix")
+                if shape[1] == 0 and group["adjust_lr_fn"] != "match_rms_adamw":
+                    # torch.optim raises this too, from the lr adjustment rows / cols.
+                    raise ZeroDivisionError(f"division by zero: Muon scales lr by rows / columns of a {shape} matrix")
                 if group["ns_steps"] >= 100:
                     raise ValueError("Number of steps must be less than 100 for computational efficiency")
                 if len(group["ns_coefficients"]) != 3:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from copy import deepcopy
 from itertools import chain
 from types import SimpleNamespace
@@ -73,9 +74,40 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     torch leaves them after ``backward()``: ``step()`` with no argument reuses
     them, and ``zero_grad()`` clears them (``set_to_none=False`` makes them
     zeros, which -- unlike None -- still step the parameter).
+
+    NaN and inf gradients flow into the update exactly as in torch.optim (the
+    parameters and moments become non-finite).  With ``skip_nonfinite=True`` a
+    step whose gradients are not all finite changes nothing -- parameters,
+    state, step counts -- and counts itself in :attr:`skipped_steps`, as
+    ``GradScaler`` skips an overflowing step; the check reads one flag back
+    from the device per step.
+
+    ``state_dtype=torch.float32`` (or ``jnp.float32``, ``"float32"``) keeps the state
+    of narrower parameters (bfloat16, float16) in float32, and steps them there: the
+    rule sees the parameter's float32 copy, and the result is rounded to the
+    parameter's dtype once per step.  torch.optim keeps such state in the parameter's
+    dtype, where small updates of the moments round away, and float16's smallest
+    number (6e-8) swallows Adam's eps=1e-8: an element whose gradient has been zero
+    divides 0 by 0 and becomes NaN.  The default, None, is torch.optim's behaviour.
     """
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, backend: str | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_torch_truth_error(cls.__init__)
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
+    ) -> None:
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"skip_nonfinite must be a bool, but got {type(skip_nonfinite).__name__}")
+        self.state_dtype = _state_dtype_name(state_dtype)
         if isinstance(params, torch.Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of Tensors or dicts, "
@@ -90,6 +122,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         super().__setstate__({"defaults": defaults, "state": defaultdict(dict), "param_groups": []})
         if not had_differentiable:
             del self.defaults["differentiable"]
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
         self._structures: list[Any] = []
         groups, self._grouped = self._backend.param_groups(params)
         for group in groups:
@@ -240,6 +274,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         stepping = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         stepping = [(group, params) for group, params in stepping if params]
         self._check_step(stepping)
+        if self.skip_nonfinite and not self._backend.all_finite([p.grad for _, params in stepping for p in params]):
+            self.skipped_steps += 1
+            return loss
         work = []
         for group, params in stepping:
             h = self._host_scalars(group)
@@ -281,7 +318,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def _rule(self) -> backends.Rule:
         return backends.Rule(
             self.switches, self.coefficients, self.schedule, self.initial_state, self.update,
-            tuple(self.counters), tuple(self.counters.values()), self.complex_as_real,
+            tuple(self.counters), tuple(self.counters.values()), self.complex_as_real, self.state_dtype,
         )
 
     def _host_scalars(self, group: dict[str, Any]) -> SimpleNamespace:
@@ -365,19 +402,16 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         written before they existed take this class's defaults.  Nothing changes
         unless the whole state dict loads.
         """
-        state_dict = state_dict.copy()
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"a state dict must be a dict, but got {type(state_dict).__name__}")
+        state_dict = dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        self._check_loadable(state_dict)
         groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
-        if len(groups) != len(saved_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
-            raise ValueError(
-                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
-            )
         saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
         params = list(chain.from_iterable(g["params"] for g in groups))
         param_of = dict(zip(saved_ids, params))
@@ -386,7 +420,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             if key in self.counters:  # stored by __setstate__, in their own dtype
                 return value
             if hasattr(value, "__dlpack__"):  # an array of any framework
-                return self._backend.load_state_value(value, param)
+                dtype = backends.compute_dtype(self._backend, self._rule, self._backend.value(param))
+                return self._backend.load_state_value(value, param, dtype)
             if isinstance(value, dict):
                 return {k: convert(v, param, k) for k, v in value.items()}
             if isinstance(value, Iterable) and not isinstance(value, str):
@@ -407,16 +442,82 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError naming the first way ``state_dict`` does not fit this optimizer.
+
+        torch.optim checks the group and parameter counts; a state entry of another
+        shape or type loads there and fails at a later step, half-applied.  Here
+        every entry is checked against the state this optimizer would create for its
+        parameter under the saved hyperparameters.
+        """
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"loaded state dict has no {key!r} entry")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in saved_groups):
+            raise ValueError("loaded state dict's 'param_groups' must be a list of dicts")
+        if not isinstance(saved_state, Mapping):
+            raise ValueError(f"loaded state dict's 'state' must be a dict, but got {type(saved_state).__name__}")
+        if len(self.param_groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for index, saved in enumerate(saved_groups):
+            if not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"loaded state dict's param group {index} has no list of 'params'")
+        if any(len(g["params"]) != len(s["params"]) for g, s in zip(self.param_groups, saved_groups)):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+            )
+        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            _check_loaded_hyperparameters(index, group, saved)
+            # A rule-driven step's first state depends on the hyperparameters (Adam's amsgrad).
+            loaded = {**group, **{k: saved[k] for k in group if k in saved and k != "params"}}
+            h = self._host_scalars(loaded) if self.coefficients else None
+            for saved_id, param in zip(saved["params"], group["params"]):
+                if saved_id in saved_state:
+                    self._check_loaded_state(saved_id, saved_state[saved_id], param, h)
+
+    def _check_loaded_state(self, saved_id: Any, entry: Any, param: Any, h: Any) -> None:
+        """Check one parameter's saved state against what its first step would create."""
+        value = self._backend.value(param)
+        where = f"loaded state for parameter {saved_id} (shape {tuple(value.shape)})"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be a dict of state entries, but got {type(entry).__name__}")
+        expected = self._initial_state(param, h)
+        for key in expected:
+            if key not in entry:
+                raise ValueError(f"{where} has no {key!r} entry")
+        for key, saved in entry.items():
+            if key in self.counters:
+                if not _is_number(saved):
+                    raise ValueError(f"{where} has {key!r} = {saved!r}, which is not a number")
+                continue
+            shape = tuple(expected[key].shape) if key in expected else self._lazy_state_shape(key, value)
+            if shape is None:
+                continue
+            if not hasattr(saved, "__dlpack__") or not hasattr(saved, "shape"):
+                raise ValueError(f"{where} has {key!r} of type {type(saved).__name__}, not an array")
+            if tuple(saved.shape) != shape:
+                raise ValueError(f"{where} has {key!r} of shape {tuple(saved.shape)}, expected {shape}")
+            if not _is_numeric_array(saved):
+                raise ValueError(f"{where} has {key!r} of dtype {saved.dtype}, which is not numeric")
+
+    def _lazy_state_shape(self, key: str, value: Any) -> tuple | None:
+        """The shape of a state entry a rule creates during a step (SGD's momentum buffer)."""
+        return tuple(value.shape)
+
     def __getstate__(self) -> dict[str, Any]:
         return {
             **super().__getstate__(),
             "_backend": self._backend,
             "_structures": self._structures,
             "_grouped": self._grouped,
+            "skip_nonfinite": self.skip_nonfinite,
+            "skipped_steps": self.skipped_steps,
+            "state_dtype": self.state_dtype,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        super().__setstate__({"skip_nonfinite": False, "skipped_steps": 0, "state_dtype": None, **state})
         # A flag missing from an older checkpoint means the behaviour from before the
         # flag existed: the class's default for it.
         signature = inspect.signature(type(self).__init__).parameters
@@ -431,6 +532,52 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 if key in held:
                     array = backends.counter_array(initial, held[key], _counter_dtype())
                     held[key] = self._backend.store_counter(array)
+
+
+def _check_loaded_hyperparameters(index: int, group: dict[str, Any], saved: Mapping[str, Any]) -> None:
+    """A saved hyperparameter must be of the kind this optimizer's group holds there."""
+    for key, current in group.items():
+        if key == "params" or key not in saved:
+            continue
+        value = saved[key]
+        if isinstance(current, bool):
+            valid = isinstance(value, (bool, type(None))) if key in ("foreach", "fused") else isinstance(value, bool)
+        elif isinstance(current, (int, float)) or hasattr(current, "shape"):
+            valid = _is_number(value)
+        elif isinstance(current, tuple) and all(isinstance(v, (int, float)) or hasattr(v, "shape") for v in current):
+            valid = isinstance(value, (tuple, list)) and len(value) == len(current) and all(map(_is_number, value))
+        else:
+            continue
+        if not valid:
+            raise ValueError(f"loaded state dict's param group {index} has {key}={value!r}, unlike {current!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number, or a one-element numeric array of any framework (as a tensor lr)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float, np.number)):
+        return True
+    return hasattr(value, "shape") and math.prod(value.shape) == 1 and _is_numeric_array(value)
+
+
+def _is_numeric_array(value: Any) -> bool:
+    if isinstance(value.dtype, torch.dtype):
+        return value.dtype is not torch.bool
+    return np.dtype(value.dtype).kind not in "bOSU"  # bfloat16 and float8 are kind "V"
+
+
+def _state_dtype_name(dtype: Any) -> str | None:
+    """A ``state_dtype`` of any framework (torch.float32, jnp.float32, "float32") by its name."""
+    if dtype is None:
+        return None
+    try:
+        name = str(dtype).removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in ("float32", "float64"):
+        raise TypeError(f"state_dtype must be float32, float64 or None (the parameter's dtype), but got {dtype!r}")
+    return name
 
 
 def _counter_dtype() -> type:
@@ -454,6 +601,29 @@ def scalar(value: Any) -> float | torch.Tensor:
 
 
 # -- hyperparameter checks with torch.optim's messages, called in each class's torch order ----
+
+# What JAX and NumPy say when a check compares a multi-element array, and what torch says.
+_ARRAY_TRUTH_ERRORS = ("The truth value of an array with more than one element is ambiguous",)
+_TORCH_TRUTH_ERROR = "Boolean value of Tensor with more than one value is ambiguous"
+
+
+def _with_torch_truth_error(init: Callable) -> Callable:
+    """``init`` raising torch's error where a check compares a multi-element array of another framework.
+
+    The checks compare hyperparameters in torch.optim's order (``0.0 <= eps``); a JAX
+    array of two elements fails there with JAX's ValueError, a tensor with torch's
+    RuntimeError.  Translating at the one place keeps the order and the message.
+    """
+    @functools.wraps(init)
+    def checked_init(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValueError as error:
+            if str(error).startswith(_ARRAY_TRUTH_ERRORS):
+                raise RuntimeError(_TORCH_TRUTH_ERROR) from error
+            raise
+
+    return checked_init
 
 
 def check_array_lr(value: Any, name: str = "lr") -> None:

@@ -47,6 +47,8 @@ class Rprop(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -61,7 +63,7 @@ class Rprop(Optimizer):
             differentiable=differentiable,
             capturable=capturable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     @staticmethod
     def switches(group):

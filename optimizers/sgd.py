@@ -73,6 +73,8 @@ class SGD(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         if lr < 0.0:  # not `0 <= lr`: torch's SGD accepts a NaN learning rate
@@ -95,7 +97,7 @@ class SGD(Optimizer):
             differentiable=differentiable,
             fused=fused,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     @staticmethod
     def switches(group: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +160,8 @@ class ASGD(Optimizer):
         capturable: bool = False,
         *,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -173,7 +177,7 @@ class ASGD(Optimizer):
             differentiable=differentiable,
             capturable=capturable,
         )
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
     switches = staticmethod(decay_switches)
 

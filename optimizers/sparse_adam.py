@@ -48,6 +48,8 @@ class SparseAdam(Optimizer):
         maximize: bool = False,
         *,
         backend: str | None = None,
+        skip_nonfinite: bool = False,
+        state_dtype: Any = None,
     ) -> None:
         check_array_lr(lr)
         if not 0.0 < lr:
@@ -55,7 +57,7 @@ class SparseAdam(Optimizer):
         if not 0.0 < eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         check_betas(betas)
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize), backend=backend)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize), backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
         for kind, test, why in (
             ("Sparse", self._backend.is_sparse, "SparseAdam requires dense parameter tensors"),
             ("Complex", self._backend.is_complex, "SparseAdam does not support complex parameters"),

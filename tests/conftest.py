@@ -42,24 +42,32 @@ def _release_compiled_programs():
 def pytest_sessionfinish(session):
     """Under pytest-xdist, send this worker's agreement figures to the controller."""
     if hasattr(session.config, "workeroutput"):
-        from tests.harness import REPORT
+        from tests.harness import BAD_INPUTS, REPORT
 
         session.config.workeroutput["agreement"] = REPORT.rows_as_data()
+        session.config.workeroutput["bad_inputs"] = BAD_INPUTS.as_data()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    from tests.harness import REPORT
+    from tests.harness import BAD_INPUTS, REPORT
 
-    REPORT.merge_data(getattr(node, "workeroutput", {}).get("agreement", []))
+    output = getattr(node, "workeroutput", {})
+    REPORT.merge_data(output.get("agreement", []))
+    BAD_INPUTS.merge_data(output.get("bad_inputs", {}))
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.harness import REPORT
+    from tests.harness import BAD_INPUTS, REPORT
 
+    write = terminalreporter.write_line
+    if BAD_INPUTS.tried:
+        terminalreporter.section("bad inputs tried (distinct, each rejected as torch.optim rejects it, nothing changed)")
+        for kind, inputs in sorted(BAD_INPUTS.tried.items()):
+            write(f"{kind:<40} {len(inputs):>6}")
+        write(f"{'total':<40} {sum(map(len, BAD_INPUTS.tried.values())):>6}")
     if not REPORT.rows:
         return
-    write = terminalreporter.write_line
     terminalreporter.section("agreement between implementations (measured in this run)")
     write(f"{'optimizer':<10} {'comparison':<22} {'dtype':<8} {'examples':>8} {'elements':>10} {'bitwise equal':>14} {'max rel err':>12}")
     for (optimizer, pair, dtype), row in sorted(REPORT.rows.items()):

@@ -97,6 +97,15 @@ def trajectory(entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_ar
     return Run(entry, backend, problem, kwargs, lr_array).trajectory(problem.grads)
 
 
+def raised(call) -> tuple[type, str] | None:
+    """The exception ``call()`` raises, as (type, message), or None."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the type and message are what is compared
+        return type(error), str(error)
+    return None
+
+
 def relative_error(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
     """max|a - b| / scale, the scale being max|b| unless given (0 when there is no difference)."""
     if a.size == 0:
@@ -168,3 +177,23 @@ class AgreementReport:
 
 
 REPORT = AgreementReport()
+
+
+@dataclass
+class BadInputTally:
+    """The distinct bad inputs the bad-input suite tried, per kind, for the session report."""
+
+    tried: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, bad_input: str) -> None:
+        self.tried.setdefault(kind, set()).add(bad_input)
+
+    def as_data(self) -> dict:
+        return {kind: sorted(inputs) for kind, inputs in self.tried.items()}
+
+    def merge_data(self, data: dict) -> None:
+        for kind, inputs in data.items():
+            self.tried.setdefault(kind, set()).update(inputs)
+
+
+BAD_INPUTS = BadInputTally()

@@ -18,7 +18,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import REPORT, Run, trajectory
+from tests.harness import REPORT, Run, relative_error, trajectory
 from tests.registry import REGISTRY
 from tests.strategies import problems
 
@@ -31,9 +31,10 @@ AGAINST_TORCH_OPTIM = {"float64": 1e-12, "float32": 1e-6}
 
 
 # The agreement properties run the profile's full example count; the properties built on
-# them (maximize, checkpoints, groups, missing gradients, closures, the functional form)
-# a third of it: each example compiles fresh programs, and CI time is bounded.
-secondary = settings(max_examples=max(10, settings.default.max_examples // 3))
+# them (maximize, checkpoints, groups, missing gradients, closures, skipped steps, the
+# functional form) a quarter of it: each example compiles fresh programs, and CI time is
+# bounded (the thorough profile runs 250 each).
+secondary = settings(max_examples=max(5, settings.default.max_examples // 4))
 
 
 def tolerance(entry, first: str, second: str, dtype: str) -> float:
@@ -245,3 +246,73 @@ def test_every_option_is_generated(entry):
 
     collect()
     assert moved == set(options), f"never generated away from the default: {set(options) - moved}"
+
+
+def poison(data, problem):
+    """The problem with a NaN or inf put into some steps' gradients, and the indices of those steps."""
+    grads, poisoned = [list(row) for row in problem.grads], set()
+    for step in sorted(data.draw(st.sets(st.integers(0, problem.steps - 1), min_size=1), label="poisoned steps")):
+        leaves = [i for i, g in enumerate(grads[step]) if g is not None and g.size]
+        if not leaves:
+            continue
+        leaf = data.draw(st.sampled_from(leaves), label="poisoned leaf")
+        bad = np.array(grads[step][leaf])
+        bad.flat[data.draw(st.integers(0, bad.size - 1), label="element")] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf]), label="non-finite value"
+        )
+        grads[step][leaf] = bad
+        poisoned.add(step)
+    return type(problem)(problem.params, grads, problem.groups), poisoned
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@secondary
+@given(data=st.data())
+def test_skipped_nonfinite_steps_change_nothing(entry, backend, data):
+    """With ``skip_nonfinite=True`` a run equals one in which its non-finite steps never happened:
+    parameters, state and step counts bit for bit."""
+    problem, kwargs = draw_case(data, entry, data.draw(st.sampled_from(DTYPES), label="dtype"))
+    poisoned_problem, poisoned = poison(data, problem)
+    assume(poisoned)
+    skipping = Run(entry, backend, poisoned_problem, {**kwargs, "skip_nonfinite": True})
+    got = skipping.trajectory(poisoned_problem.grads)
+    kept = type(problem)(problem.params, [g for i, g in enumerate(problem.grads) if i not in poisoned], problem.groups)
+    reference = Run(entry, backend, kept, kwargs)
+    expected, values = [], [np.asarray(p) for p in problem.params]
+    for step, row in enumerate(problem.grads):
+        if step not in poisoned:
+            reference.step(row)
+            values = reference.values()
+        expected.append(values)
+    REPORT.compare(entry.name, f"skip non-finite ({backend})", "mixed", got, expected, 0.0)
+    assert skipping.optimizer.skipped_steps == len(poisoned)
+    state, expected_state = skipping.state(), reference.state()
+    assert state.keys() == expected_state.keys()
+    for index in state:
+        assert state[index].keys() == expected_state[index].keys()
+        for key in state[index]:
+            np.testing.assert_array_equal(state[index][key], expected_state[index][key])
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@secondary
+@given(data=st.data())
+def test_nonfinite_gradients_flow_as_in_torch_optim_by_default(entry, data):
+    """Without the option, NaN and inf propagate where torch.optim propagates them, on both backends."""
+    problem, kwargs = draw_case(data, entry, "float64")
+    poisoned_problem, _ = poison(data, problem)
+    expected = trajectory(entry, "torch.optim", poisoned_problem, kwargs)
+    for backend in ("torch", "jax"):
+        got = trajectory(entry, backend, poisoned_problem, kwargs)
+        for step, (got_values, expected_values) in enumerate(zip(got, expected)):
+            for leaf, (a, b) in enumerate(zip(got_values, expected_values)):
+                where = f"{backend}, step {step}, leaf {leaf}"
+                np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=where)
+                finite = np.isfinite(b)
+                np.testing.assert_array_equal(a[~finite], b[~finite], err_msg=where)
+                if backend == "torch":
+                    np.testing.assert_array_equal(a, b, err_msg=where)
+                else:
+                    scale = max(1.0, np.abs(b[finite]).max(initial=0.0))
+                    assert relative_error(a[finite], b[finite], scale) <= across_frameworks(entry, "float64"), where

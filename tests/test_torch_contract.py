@@ -18,6 +18,7 @@ from torch.optim import lr_scheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import optimizers
+from tests.harness import raised
 from tests.registry import REGISTRY
 
 
@@ -45,14 +46,6 @@ def train(optimizer_class, steps: int = 10, scheduler=None, seed: int = 0, **kwa
     return [p.detach().clone() for p in model.parameters()], optimizer, schedule
 
 
-def raised(call):
-    try:
-        call()
-    except Exception as error:  # noqa: BLE001 - the type and message are what is compared
-        return type(error), str(error)
-    return None
-
-
 ALGORITHMS = sorted(REGISTRY)
 
 
@@ -62,10 +55,12 @@ def test_is_a_torch_optimizer_with_torch_signature(name):
     assert isinstance(getattr(optimizers, name)([parameter]), torch.optim.Optimizer)
     ours = inspect.signature(getattr(optimizers, name).__init__).parameters
     theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
+    extras = [name for name in ("backend", "skip_nonfinite", "state_dtype") if name in ours]  # options of ours
     assert [(p.name, p.kind, p.default) for p in theirs.values()] == [
-        (p.name, p.kind, p.default) for p in ours.values() if p.name != "backend"
+        (p.name, p.kind, p.default) for p in ours.values() if p.name not in extras
     ]
-    assert ours["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in extras)
+    assert ours["skip_nonfinite"].default is False and ours["state_dtype"].default is None
 
 
 def _params():
