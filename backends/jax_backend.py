@@ -174,11 +174,12 @@ class JaxOps:
     sqrt = staticmethod(jnp.sqrt)
     maximum = staticmethod(jnp.maximum)
     abs = staticmethod(jnp.abs)
+    zeros_like = staticmethod(jnp.zeros_like)
+
     @staticmethod
     def sign(x):
         """-1, 0 or 1; 0 for NaN, as torch's CPU kernel computes (0 < x) - (x < 0)."""
         return jnp.where(jnp.isnan(x), jnp.zeros_like(x), jnp.sign(x))
-    zeros_like = staticmethod(jnp.zeros_like)
 
     @staticmethod
     def full_like(x, value):
