@@ -33,7 +33,7 @@ ALGORITHMS = sorted(
     name for name in optimizers.__all__ if name != "Optimizer" and isinstance(getattr(torch.optim, name, None), type)
 )
 # Each example is cheap (a constructor, or one load), so the suite tries many.
-many = settings(max_examples=max(100, settings.default.max_examples * 5))
+many = settings(max_examples=max(200, settings.default.max_examples * 10))
 
 
 def torch_params():
@@ -309,6 +309,7 @@ def mutate(data, state_dict: dict, source: str, mutation: str) -> tuple[object, 
         bad["state"][index][key] = junk
         return bad, f"{key!r} of type", f"{mutation}: {index}.{key} = {junk!r}"
     if mutation == "a counter that is not a number":
+        junk = "x" if isinstance(junk, float) else junk
         bad["state"][index]["step"] = junk
         return bad, "'step' = ", f"{mutation}: {index} = {junk!r}"
     if mutation == "a boolean array":
