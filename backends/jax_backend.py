@@ -230,7 +230,8 @@ class JaxBackend:
                     f"optimizer can only optimize floating-point or complex arrays, but the parameter "
                     f"at {where} has dtype {leaf.dtype}"
                 )
-            handles.append(Param(jnp.asarray(leaf), where))
+            # The optimizer owns its copy: each step consumes (donates) the arrays it holds.
+            handles.append(Param(jnp.array(leaf, copy=True), where))
         return handles, None, structure
 
     def value(self, param: Param) -> jax.Array:
@@ -306,6 +307,10 @@ class JaxBackend:
             values.append([p.value for p in params])
             grads.append([p.grad for p in params])
             states.append([state.get(p, {}) for p in params])
+        # The step consumes the parameters and state: a gradient that is one of those arrays
+        # (opt.step(opt.params) for the loss |p|^2 / 2) must survive the call as its own copy.
+        consumed = {id(a) for a in jax.tree_util.tree_leaves((values, states))}
+        grads = [[jnp.copy(g) if id(g) in consumed else g for g in group_grads] for group_grads in grads]
         new_values, new_states = _step(rule, tuple(switches), numbers, values, grads, states)
         for (_, params, _), group_values, group_states in zip(work, new_values, new_states):
             for param, value, param_state in zip(params, group_values, group_states):
@@ -317,15 +322,15 @@ class JaxBackend:
         return _functional(rule, group, h, counter_dtype)
 
     def load_state_value(self, value: Any, param: Param, dtype: str | None = None) -> jax.Array:
-        array = value if isinstance(value, jax.Array) else _owned_copy(value)
+        array = _owned_copy(value)  # never another optimizer's array: a step consumes its state
         return array.astype(dtype or param.dtype) if jnp.issubdtype(param.dtype, jnp.inexact) else array
 
 
 def _owned_copy(value: Any) -> jax.Array:
     """A JAX array of another framework's array, never sharing its memory (that one may be mutated)."""
     if hasattr(value, "detach"):  # a torch tensor: export through DLPack, which knows bfloat16
-        value = value.detach().contiguous()
-    return jnp.array(jnp.from_dlpack(value), copy=True)
+        return jnp.array(jnp.from_dlpack(value.detach().contiguous()), copy=True)
+    return jnp.array(value, copy=True)  # JAX and NumPy arrays (read-only ones too)
 
 
 def _where(path) -> str:
@@ -457,8 +462,9 @@ def _all_finite(arrays: list) -> jax.Array:
     return jnp.array([jnp.isfinite(a).all() for a in arrays]).all()
 
 
-#: The object-oriented step: one program for the whole step (switches compiled in).
-_step = jax.jit(_traced_step, static_argnums=(0, 1))
+#: The object-oriented step: one program for the whole step (switches compiled in).  It
+#: donates the parameters and state it replaces, so XLA writes the new ones in their place.
+_step = jax.jit(_traced_step, static_argnums=(0, 1), donate_argnums=(3, 5))
 
 
 class Functional(NamedTuple):

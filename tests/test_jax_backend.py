@@ -302,3 +302,41 @@ def test_deepcopy_and_pickle_of_a_jax_optimizer():
         opt_copy.step(ones_like(tree()))
         for a, b in zip(jax.tree_util.tree_leaves(clone.params), jax.tree_util.tree_leaves(opt_copy.params)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_consumes_the_arrays_it_replaces_and_never_the_users():
+    """The step donates the parameters and state it holds, so XLA updates them in place; the
+    arrays the user constructed it with, and gradients that alias what it consumes, survive."""
+    given = tree()
+    opt = optimizers.Adam(given, lr=0.1)
+    opt.step(ones_like(given))
+    held_params = jax.tree_util.tree_leaves(opt.params)
+    held_state = [v for s in opt.state_dict()["state"].values() for v in s.values()]
+    opt.step(ones_like(given))
+    assert all(a.is_deleted() for a in held_params + held_state)
+    assert not any(a.is_deleted() for a in jax.tree_util.tree_leaves(given))
+    np.testing.assert_array_equal(given["dense"]["w"], np.arange(6.0).reshape(2, 3))
+    # opt.step(opt.params): the gradient of |p|^2 / 2 is the parameter array itself.
+    expected = copy.deepcopy(opt)
+    expected.step(jax.tree_util.tree_map(jnp.copy, expected.params))
+    opt.step(opt.params)
+    for a, b in zip(jax.tree_util.tree_leaves(opt.params), jax.tree_util.tree_leaves(expected.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_loaded_state_dict_is_the_loaders_own():
+    """Loading copies: stepping the optimizer the state dict came from leaves the loaded one intact."""
+    source = optimizers.Adam(tree(), lr=0.1)
+    source.step(ones_like(tree()))
+    as_numpy = {
+        "state": {k: {n: np.asarray(v) for n, v in s.items()} for k, s in source.state_dict()["state"].items()},
+        "param_groups": copy.deepcopy(source.state_dict()["param_groups"]),
+    }
+    loaded, expected = optimizers.Adam(tree(), lr=0.1), optimizers.Adam(tree(), lr=0.1)
+    loaded.load_state_dict(source.state_dict())
+    expected.load_state_dict(as_numpy)
+    source.step(ones_like(tree()))
+    loaded.step(ones_like(tree()))
+    expected.step(ones_like(tree()))
+    for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(expected.params)):
+        np.testing.assert_array_equal(a, b)
