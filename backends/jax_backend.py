@@ -384,12 +384,15 @@ class TracedMath:
 def hyperparameters(group: Mapping[str, Any], switches: Mapping[str, Any]) -> dict[str, Any]:
     """A group's numeric hyperparameters as the compiled step's data.
 
-    Python numbers become weakly typed scalars, so they round as torch's Python
-    scalars do against a tensor's dtype; arrays (a tensor-like lr) keep their dtype.
+    Python numbers stay Python floats, which jit takes as weakly typed scalars (without a
+    dispatch per number per step), so they round as torch's Python scalars do against a
+    tensor's dtype; arrays (a tensor-like lr) keep their dtype.
     """
-    def convert(value: Any) -> jax.Array:
+    def convert(value: Any) -> float | jax.Array:
         if not hasattr(value, "shape"):
-            return jnp.asarray(float(value))
+            return float(value)
+        if isinstance(value, jax.Array) and value.shape == ():
+            return value
         return jnp.reshape(value if isinstance(value, jax.Array) else jnp.asarray(np.asarray(value)), ())
 
     return numbers(group, convert, switches)

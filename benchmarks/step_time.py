@@ -103,11 +103,17 @@ def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None
     form = getattr(optimizers, name)(tree(), **OPTIONS[name]).functional()
     functional_box = {"params": tree()}
     functional_box["state"] = form.init(functional_box["params"])
-    functional_update = jax.jit(form.update, donate_argnums=(1, 2))
+    # As a training step takes it: (params, state) in and out in the same order, so XLA pairs
+    # each donated buffer with its own successor (donating update's own (state, params)
+    # argument order would pair new params with old moments' buffers and force copies).
+    def functional_update(params, state, grads):
+        return form.update(grads, state, params)
+
+    functional_update = jax.jit(functional_update, donate_argnums=(0, 1))
 
     def functional_step():
         functional_box["params"], functional_box["state"] = functional_update(
-            grads, functional_box["state"], functional_box["params"]
+            functional_box["params"], functional_box["state"], grads
         )
         jax.block_until_ready(functional_box["params"])
 
