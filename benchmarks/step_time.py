@@ -2,6 +2,8 @@
 
     python -m benchmarks.step_time                       # few-large and many-small, SGD and Adam
     python -m benchmarks.step_time --sets gpt2 --json    # the GPT-2-small-like mix, as JSON
+    python -m benchmarks.step_time --sets scale-1M,scale-10M,scale-100M --algorithms Adam
+                                                         # per-step time as the model grows
 
 Every contender runs in this one process, interleaved round by round, so machine noise
 hits them alike; the report gives medians, ratios to each anchor, achieved bytes/s and
@@ -29,6 +31,10 @@ SETS = {
                                        (768, 3072), (3072,), (3072, 768), (768,)]]
     + [(768,), (768,)],
     "tiny": [(16, 16)] * 3,  # for the test suite's smoke run
+    # The scaling sets: 1, 10 and 100 tensors of 1M (1024x1024) parameters.
+    "scale-1M": [(1024, 1024)],
+    "scale-10M": [(1024, 1024)] * 10,
+    "scale-100M": [(1024, 1024)] * 100,
 }
 # Bytes each algorithm moves per parameter element in float32: reads and writes of param,
 # grad and state (SGD with momentum: param, grad, buffer read + param, buffer written).
@@ -195,7 +201,28 @@ def table(report: dict) -> str:
             lines.append(f"  {name:<22} {1e3 * c['median_s']:>10.3f} {c['bytes_per_s'] / 1e9:>7.2f} "
                          f"{c['fraction_of_stream']:>9.0%}  {ratios}")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + scaling_table(report))
+
+
+def scaling_table(report: dict) -> list[str]:
+    """Per algorithm, each contender's median step time across the sets of the run, in
+    parameter order, and the growth factor from one set to the next beside the growth of
+    the parameter count (linear scaling: equal factors)."""
+    lines = []
+    for algorithm in dict.fromkeys(r["algorithm"] for r in report["results"]):
+        results = sorted((r for r in report["results"] if r["algorithm"] == algorithm), key=lambda r: r["parameters"])
+        if len(results) < 2 or len({r["parameters"] for r in results}) < len(results):
+            continue
+        sizes = [r["parameters"] for r in results]
+        growth = "  ".join(f"x{b / a:>6.1f}" for a, b in zip(sizes, sizes[1:]))
+        lines.append(f"{algorithm} scaling: ms per step at " + ", ".join(f"{n:,}" for n in sizes)
+                     + f" parameters (growth {growth})")
+        for name in results[0]["contenders"]:
+            times = [1e3 * r["contenders"][name]["median_s"] for r in results]
+            factors = "  ".join(f"x{b / a:>6.1f}" for a, b in zip(times, times[1:]))
+            lines.append(f"  {name:<22} " + " ".join(f"{t:>10.3f}" for t in times) + f"   {factors}")
+        lines.append("")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

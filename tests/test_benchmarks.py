@@ -27,3 +27,11 @@ def test_the_table_names_each_set_and_contender(capsys):
     text = capsys.readouterr().out
     assert text.startswith("SGD on tiny: 768 float32 parameters in 3 tensors")
     assert "optax jit donated" in text and "torch.optim fused" in text
+
+
+def test_the_scaling_table_follows_each_contender_across_sizes(capsys):
+    assert step_time.main(["--sets", "scale-1M,tiny", "--algorithms", "SGD", "--rounds", "1"]) == 0
+    text = capsys.readouterr().out
+    scaling = text[text.index("SGD scaling: ms per step at 768, 1,048,576 parameters (growth x1365.3)"):]
+    for contender in ("ours torch", "ours jax", "torch.optim fused", "optax jit donated"):
+        assert f"\n  {contender} " in scaling

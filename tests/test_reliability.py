@@ -70,7 +70,7 @@ def test_empty_and_zero_dim_parameters_step_or_fail_as_in_torch_optim_and_fail_a
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(opt.params, expected):
-            np.testing.assert_allclose(np.asarray(a), b, rtol=REGISTRY[name].across_frameworks["float32"] if REGISTRY[name].across_frameworks else 1e-5)
+            np.testing.assert_allclose(np.asarray(a), b, rtol=(REGISTRY[name].across_frameworks or {"float32": 1e-5})["float32"])
     else:  # nothing moved: not even the parameters before the empty one
         for a, v in zip(got, values):
             np.testing.assert_array_equal(a, v)
@@ -199,7 +199,8 @@ def test_float32_state_on_jax_follows_the_torch_backend_and_survives_checkpoints
     for key, value in torch_opt.state_dict()["state"][0].items():
         if key != "step":
             assert jax_state[key].dtype == jnp.float32
-            np.testing.assert_allclose(np.asarray(jax_state[key]), to_numpy(value), rtol=1e-2, atol=1e-6)
+            # Moments depend on the gradients only: float32 agreement, however the parameters round.
+            np.testing.assert_allclose(np.asarray(jax_state[key]), to_numpy(value), rtol=1e-5, atol=1e-7)
     # Checkpoints keep float32 state float32 (torch.optim would round it to bfloat16) ...
     resumed = getattr(optimizers, name)([jnp.asarray(values, jnp.bfloat16)], state_dtype="float32", **options)
     resumed.load_state_dict(torch_opt.state_dict())
