@@ -123,8 +123,8 @@ class LBFGS(Optimizer):
     def step(self, closure: Callable) -> Any:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations; return the closure's first loss.
 
-        With ``skip_nonfinite``, a step in which any evaluated gradient is not finite
-        is undone: parameters and state return to where the step began.
+        If the closure raises, or (with ``skip_nonfinite``) any evaluated gradient is not
+        finite, the step is undone: parameters and state return to where it began.
         """
         if len(self.param_groups) != 1:
             raise AssertionError(f"Expected exactly one param_group, but got {len(self.param_groups)}")
