@@ -153,14 +153,8 @@ class JaxOps:
         """A 0-d array as a (traced) number of the host's precision, as ``.item()`` gives on torch."""
         return TracedMath.float(x)
 
-    @staticmethod
-    def concat(arrays):
-        return jnp.concatenate(arrays)
-
-    @staticmethod
-    def dot(x, y):
-        """The inner product of two vectors, as a 0-d array."""
-        return jnp.dot(x, y)
+    concat = staticmethod(jnp.concatenate)
+    dot = staticmethod(jnp.dot)  # of two vectors, a 0-d array
 
     @staticmethod
     def copy(x):

@@ -102,14 +102,8 @@ class TorchOps:
         """A 0-d array as a host number, as torch.optim's ``.item()`` reads it (a device sync)."""
         return x.item()
 
-    @staticmethod
-    def concat(arrays):
-        return torch.cat(arrays)
-
-    @staticmethod
-    def dot(x, y):
-        """The inner product of two vectors, as a 0-d array."""
-        return torch.dot(x, y)
+    concat = staticmethod(torch.cat)
+    dot = staticmethod(torch.dot)  # of two vectors, a 0-d array
 
     @staticmethod
     def copy(x):

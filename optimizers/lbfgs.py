@@ -82,16 +82,18 @@ class LBFGS(Optimizer):
         # real pairs); the history lists and scalars have no fixed shape.
         if key not in ("d", "prev_flat_grad"):
             return None
-        backend = self._backend
-        values = [backend.value(p) for p in self.param_groups[0]["params"]]
-        return (sum(prod(v.shape) * (2 if backend.is_complex(v) else 1) for v in values),)
+        return (sum(prod(self._real(value).shape) for value in self._values()),)
+
+    def _real(self, array: Any) -> Any:
+        """``array``, a complex one as its (real, imag) pairs: how it sits in the flat vectors."""
+        return self._backend.as_real(array) if self._backend.is_complex(array) else array
 
     def _flat_grad(self) -> Any:
         ops, backend = self._backend.ops, self._backend
         pieces = []
         for param in self.param_groups[0]["params"]:
             grad = ops.zeros_like(backend.value(param)) if param.grad is None else ops.dense(param.grad)
-            pieces.append((backend.as_real(grad) if backend.is_complex(grad) else grad).reshape(-1))
+            pieces.append(self._real(grad).reshape(-1))
         return ops.concat(pieces)
 
     def _values(self) -> list:
@@ -105,7 +107,7 @@ class LBFGS(Optimizer):
         """``values + step * direction``, the direction cut into the parameters' shapes."""
         backend, moved, offset = self._backend, [], 0
         for value in values:
-            real = backend.as_real(value) if backend.is_complex(value) else value
+            real = self._real(value)
             size = prod(real.shape)
             new = backend.ops.add(real, direction[offset:offset + size].reshape(real.shape), alpha=step)
             moved.append(backend.as_complex(new) if backend.is_complex(value) else new)

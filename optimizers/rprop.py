@@ -84,8 +84,11 @@ class Rprop(Optimizer):
     def update(ops, param, grad, state, h):
         if h.maximize:
             grad = -grad
-        agreement = ops.sign(grad * state["prev"])  # NaN stays NaN, as in torch
-        factor = ops.where(agreement > 0, h.grow, ops.where(agreement < 0, h.shrink, ops.where(agreement == 0, 1.0, agreement)))
+        agreement = ops.sign(grad * state["prev"])  # 0 for NaN, as torch's sign
+        # The innermost branch is an array so that torch keeps the parameter's dtype: a where
+        # between two Python floats would be float32.
+        unchanged = ops.full_like(agreement, 1.0)
+        factor = ops.where(agreement > 0, h.grow, ops.where(agreement < 0, h.shrink, unchanged))
         step_size = ops.clamp(state["step_size"] * factor, h.smallest, h.largest)
         grad = ops.where(agreement < 0, 0.0, grad)
         return ops.addcmul(param, ops.sign(grad), step_size, value=-1), {"prev": grad, "step_size": step_size}

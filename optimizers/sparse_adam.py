@@ -57,7 +57,8 @@ class SparseAdam(Optimizer):
         if not 0.0 < eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         check_betas(betas)
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize), backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        defaults = dict(lr=lr, betas=betas, eps=eps, maximize=maximize)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
         for kind, test, why in (
             ("Sparse", self._backend.is_sparse, "SparseAdam requires dense parameter tensors"),
             ("Complex", self._backend.is_complex, "SparseAdam does not support complex parameters"),

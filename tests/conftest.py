@@ -62,7 +62,8 @@ def pytest_terminal_summary(terminalreporter):
 
     write = terminalreporter.write_line
     if BAD_INPUTS.tried:
-        terminalreporter.section("bad inputs tried (distinct; each rejected with an error naming it, the optimizer unchanged)")
+        title = "bad inputs tried (distinct; each rejected with an error naming it, the optimizer unchanged)"
+        terminalreporter.section(title)
         for kind, inputs in sorted(BAD_INPUTS.tried.items()):
             write(f"{kind:<40} {len(inputs):>6}")
         write(f"{'total':<40} {sum(map(len, BAD_INPUTS.tried.values())):>6}")
