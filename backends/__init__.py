@@ -131,12 +131,14 @@ class Backend(Protocol):
     def as_complex(self, array: Any) -> Any:
         """The inverse of :meth:`as_real`."""
 
-    def apply(self, rule: Rule, work: list, state: dict) -> None:
+    def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         """Run ``rule`` for every parameter and write the new parameters and state.
 
         ``work`` holds, per group, ``(group, params, h)``: ``h`` is the group's switches and
         coefficients evaluated on the host.  Every parameter in ``work`` has a gradient and
-        an initialized state.
+        an initialized state.  ``memory`` is the optimizer's dict for what the backend keeps
+        between steps (the torch backend's fused buckets); the optimizer empties it whenever
+        its parameters or state are replaced.
         """
 
     def floating_bits(self, array: Any) -> int | None:

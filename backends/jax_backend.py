@@ -292,7 +292,8 @@ class JaxBackend:
     def as_complex(self, array: jax.Array) -> jax.Array:
         return jax.lax.complex(array[..., 0], array[..., 1])
 
-    def apply(self, rule: Rule, work: list, state: dict) -> None:
+    def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
+        del memory  # one compiled program per step: nothing to keep between steps but the jit cache
         switches, numbers, values, grads, states = [], [], [], [], []
         for group, params, _ in work:
             group_switches = rule.switches(group)

@@ -14,118 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import HostMath, Rule, run_update, widened
-
-
-class TorchOps:
-    """The array operations update rules use: the torch kernels torch.optim's single-tensor path calls.
-
-    Running a rule with these reproduces torch.optim bit for bit on this backend.
-    """
-
-    @staticmethod
-    def add(x, y, alpha=1.0):
-        """x + alpha * y."""
-        return torch.add(x, y, alpha=alpha)
-
-    @staticmethod
-    def lerp(x, end, weight):
-        """x + weight * (end - x)."""
-        return torch.lerp(x, end, weight)
-
-    @staticmethod
-    def addcmul(x, t1, t2, value=1.0):
-        """x + value * t1 * t2."""
-        return torch.addcmul(x, t1, t2, value=value)
-
-    @staticmethod
-    def addcdiv(x, t1, t2, value=1.0):
-        """x + value * t1 / t2."""
-        return torch.addcdiv(x, t1, t2, value=value)
-
-    @staticmethod
-    def dense(x):
-        """A sparse gradient as the dense array it stands for."""
-        return x.to_dense() if x.is_sparse else x
-
-    @staticmethod
-    def coalesce(x):
-        """A sparse array with its duplicate entries summed; a dense one as the sparse array of its nonzeros."""
-        return x.coalesce() if x.is_sparse else x.to_sparse()
-
-    @staticmethod
-    def sparse_values(x):
-        return x._values()
-
-    @staticmethod
-    def gather(dense, like):
-        """The entries of ``dense`` where the sparse array ``like`` has entries, shaped as its values."""
-        return dense.sparse_mask(like)._values()
-
-    @staticmethod
-    def scatter_add(dense, like, values):
-        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
-        return dense.add(torch.sparse_coo_tensor(like._indices(), values, like.size()))
-
-    @staticmethod
-    def where(condition, if_true, if_false):
-        """Elementwise choice; a Python bool (a host-side schedule's) picks one array whole."""
-        if isinstance(condition, bool):
-            return if_true if condition else if_false
-        return torch.where(condition, if_true, if_false)
-
-    @staticmethod
-    def clamp(x, low=None, high=None):
-        """min(max(x, low), high), NaN kept; a None bound is no bound."""
-        return torch.clamp(x, low, high)
-
-    @staticmethod
-    def norm(x, axis=None, keepdims=False):
-        """The Euclidean norm, of all elements or along ``axis``, in x's dtype."""
-        return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
-
-    @staticmethod
-    def mean(x, axis=None, keepdims=False):
-        return torch.mean(x, dim=axis, keepdim=keepdims)
-
-    @staticmethod
-    def addmm(x, m1, m2, beta=1.0, alpha=1.0):
-        """beta * x + alpha * (m1 @ m2), rounded once to x's dtype."""
-        return torch.addmm(x, m1, m2, beta=beta, alpha=alpha)
-
-    @staticmethod
-    def bfloat16(x):
-        return x.bfloat16()
-
-    @staticmethod
-    def scalar(x):
-        """A 0-d array as a host number, as torch.optim's ``.item()`` reads it (a device sync)."""
-        return x.item()
-
-    concat = staticmethod(torch.cat)
-    dot = staticmethod(torch.dot)  # of two vectors, a 0-d array
-
-    @staticmethod
-    def copy(x):
-        """An array that later writes to ``x`` leave as it is."""
-        return torch.clone(x)
-
-    finfo = staticmethod(torch.finfo)
-    matmul = staticmethod(torch.matmul)
-    rsqrt = staticmethod(torch.rsqrt)
-
-    sqrt = staticmethod(torch.sqrt)
-    maximum = staticmethod(torch.maximum)
-    abs = staticmethod(torch.abs)
-    sign = staticmethod(torch.sign)
-
-    @staticmethod
-    def zeros_like(x):
-        return torch.zeros_like(x, memory_format=torch.preserve_format)
-
-    @staticmethod
-    def full_like(x, value):
-        return torch.full_like(x, value, memory_format=torch.preserve_format)
+from backends import HostMath, Rule, run_update, torch_fused, widened
+from backends.torch_ops import TorchOps
 
 
 class TorchBackend:
@@ -227,28 +117,34 @@ class TorchBackend:
     def as_complex(self, array: torch.Tensor) -> torch.Tensor:
         return torch.view_as_complex(array)
 
-    def apply(self, rule: Rule, work: list, state: dict) -> None:
+    def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         for group, params, h in work:
-            schedules: dict[tuple, tuple[dict, dict]] = {}  # parameters usually share their counters
             with torch.set_grad_enabled(bool(group.get("differentiable", False))):
-                for param in params:
-                    held = state.get(param, {})
-                    counters = {k: np.asarray(held[k])[()] for k in rule.counters}
-                    key = tuple(float(v) for v in counters.values())
-                    if key not in schedules:
-                        schedules[key] = rule.schedule(HostMath, h, counters)
-                    scheduled, advanced = schedules[key]
-                    # Scalars derived from counters or tensors reach the kernels as the Python
-                    # floats torch.optim hands them.
-                    param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
-                    arrays = {k: v for k, v in held.items() if k not in rule.counters}
-                    value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
-                    new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h)
-                    if new_param is not param:
-                        param.copy_(new_param)
-                    _write_state(held, {**advanced, **new_arrays})
-                    if held and param not in state:
-                        state[param] = held
+                if group.get("fused"):
+                    params = torch_fused.step_group(self, rule, params, h, state, memory)
+                self._step_each(rule, params, h, state)
+
+    def _step_each(self, rule: Rule, params: list, h: Any, state: dict) -> None:
+        """The reference path: the rule run parameter by parameter, as torch.optim's for-loop."""
+        schedules: dict[tuple, tuple[dict, dict]] = {}  # parameters usually share their counters
+        for param in params:
+            held = state.get(param, {})
+            counters = {k: np.asarray(held[k])[()] for k in rule.counters}
+            key = tuple(float(v) for v in counters.values())
+            if key not in schedules:
+                schedules[key] = rule.schedule(HostMath, h, counters)
+            scheduled, advanced = schedules[key]
+            # Scalars derived from counters or tensors reach the kernels as the Python
+            # floats torch.optim hands them.
+            param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
+            arrays = {k: v for k, v in held.items() if k not in rule.counters}
+            value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
+            new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h)
+            if new_param is not param:
+                param.copy_(new_param)
+            _write_state(held, {**advanced, **new_arrays})
+            if held and param not in state:
+                state[param] = held
 
     def load_state_value(self, value: Any, param: torch.Tensor, dtype: str | None = None) -> torch.Tensor:
         # torch.optim's casting policy: state follows the parameter's floating dtype and device.

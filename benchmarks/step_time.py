@@ -58,8 +58,11 @@ def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], No
         return optimizer.step
 
     reference = getattr(torch.optim, name)
-    contenders = {
-        "ours torch": make(getattr(optimizers, name)),
+    ours = getattr(optimizers, name)
+    contenders = {"ours torch": make(ours)}
+    if "fused" in reference.__init__.__code__.co_varnames:
+        contenders["ours torch fused"] = make(ours, fused=True)
+    contenders |= {
         "torch.optim for-loop": make(reference, foreach=False),
         "torch.optim foreach": make(reference, foreach=True),
     }
@@ -142,6 +145,19 @@ def streaming_bandwidth(elements: int, repeats: int) -> float:
     return 12 * elements / statistics.median(times)
 
 
+def allocated_per_step(step: Callable[[], None]) -> int:
+    """Bytes the operations of one call of a torch ``step`` newly allocate (the profiler's count).
+
+    It bounds the step's peak extra memory from above: temporaries freed within the step are
+    counted as if they were all held at once.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+        step()
+    return sum(max(event.self_cpu_memory_usage, 0) for event in profiled.events())
+
+
 def measure(contenders: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
     """Median seconds per call of each contender, interleaved round by round."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -166,8 +182,10 @@ def run(sets: list[str], algorithms: list[str], rounds: int) -> dict:
         # Arrays of at least 256 MB, far past the caches: the bandwidth of main memory.
         bandwidth = streaming_bandwidth(max(elements, 1 << 26), max(rounds, 5))
         for algorithm in algorithms:
-            contenders = {**_torch_contenders(algorithm, shapes, 0), **_jax_contenders(algorithm, shapes, 0)}
+            torch_side = _torch_contenders(algorithm, shapes, 0)
+            contenders = {**torch_side, **_jax_contenders(algorithm, shapes, 0)}
             medians = measure(contenders, rounds)
+            allocated = {name: allocated_per_step(step) for name, step in torch_side.items()}
             moved = BYTES_PER_ELEMENT[algorithm] * elements
             anchors = {k: v for k, v in medians.items() if not k.startswith("ours")}
             report["results"].append({
@@ -178,6 +196,7 @@ def run(sets: list[str], algorithms: list[str], rounds: int) -> dict:
                         "median_s": seconds,
                         "bytes_per_s": moved / seconds,
                         "fraction_of_stream": moved / seconds / bandwidth,
+                        "allocated_bytes_per_step": allocated.get(name),  # torch contenders only
                         "ratio_to": {anchor: seconds / anchor_seconds for anchor, anchor_seconds in anchors.items()},
                     }
                     for name, seconds in medians.items()
@@ -194,12 +213,14 @@ def table(report: dict) -> str:
             f"{result['tensors']} tensors; stream {result['stream_bytes_per_s'] / 1e9:.1f} GB/s"
         )
         anchors = [k for k in result["contenders"] if not k.startswith("ours")]
-        lines.append(f"  {'contender':<22} {'median ms':>10} {'GB/s':>7} {'of stream':>9}  " + "  ".join(
-            f"{'÷ ' + a:>22}" for a in anchors))
+        lines.append(f"  {'contender':<22} {'median ms':>10} {'GB/s':>7} {'of stream':>9} {'MB alloc':>9}  "
+                     + "  ".join(f"{'÷ ' + a:>22}" for a in anchors))
         for name, c in result["contenders"].items():
             ratios = "  ".join(f"{c['ratio_to'][a]:>22.2f}" for a in anchors)
+            allocated = c["allocated_bytes_per_step"]
+            allocated = "-" if allocated is None else f"{allocated / 1e6:.2f}"
             lines.append(f"  {name:<22} {1e3 * c['median_s']:>10.3f} {c['bytes_per_s'] / 1e9:>7.2f} "
-                         f"{c['fraction_of_stream']:>9.0%}  {ratios}")
+                         f"{c['fraction_of_stream']:>9.0%} {allocated:>9}  {ratios}")
         lines.append("")
     return "\n".join(lines + scaling_table(report))
 

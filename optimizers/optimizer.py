@@ -125,6 +125,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
         self._structures: list[Any] = []
+        self._backend_memory: dict = {}  # what the backend keeps between steps (fused buckets)
         groups, self._grouped = self._backend.param_groups(params)
         for group in groups:
             self.add_param_group(group)
@@ -287,7 +288,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                         self.state[param] = initial
             work.append((group, params, h))
         if work:
-            self._backend.apply(self._rule, work, self.state)
+            self._backend.apply(self._rule, work, self.state, self._backend_memory)
         return loss
 
     def _run_closure(self, closure: Callable) -> Any:
@@ -304,14 +305,24 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         parameter by parameter while it updates, so a failure there leaves earlier
         parameters stepped; here nothing has moved yet.
         """
-        for _, params in stepping:
-            for param in params:
-                if self.complex_parameters_error and self._backend.is_complex(self._backend.value(param)):
+        backend = self._backend
+        for group, params in stepping:
+            fused = bool(group.get("fused"))
+            if fused or self.complex_parameters_error:
+                values = list(map(backend.value, params))
+                if fused and None in map(backend.floating_bits, values):
+                    value = next(v for v in values if backend.floating_bits(v) is None)
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of supported "
+                        f"devices: {_FUSED_DEVICES} but {value.dtype} and {_device_type(value)}"
+                    )
+                if self.complex_parameters_error and any(map(backend.is_complex, values)):
                     raise RuntimeError(self.complex_parameters_error)
-                sparse = self._backend.is_sparse(param.grad)
-                if sparse and self.sparse_gradients_error:
+            if self.sparse_gradients_error or self.dense_gradients_error:
+                sparse = [backend.is_sparse(param.grad) for param in params]
+                if self.sparse_gradients_error and any(sparse):
                     raise RuntimeError(self.sparse_gradients_error)
-                if not sparse and self.dense_gradients_error:
+                if self.dense_gradients_error and not all(sparse):
                     raise RuntimeError(self.dense_gradients_error)
 
     @property
@@ -518,6 +529,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__({"skip_nonfinite": False, "skipped_steps": 0, "state_dtype": None, **state})
+        self._backend_memory = {}  # it held the replaced state
         # A flag missing from an older checkpoint means the behaviour from before the
         # flag existed: the class's default for it.
         signature = inspect.signature(type(self).__init__).parameters
@@ -578,6 +590,15 @@ def _state_dtype_name(dtype: Any) -> str | None:
     if name not in ("float32", "float64"):
         raise TypeError(f"state_dtype must be float32, float64 or None (the parameter's dtype), but got {dtype!r}")
     return name
+
+
+# torch.optim's list in its fused device/dtype error.
+_FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone"]
+
+
+def _device_type(array: Any) -> str:
+    """The device kind of a tensor ("cpu", "cuda") or of a JAX array ("cpu", "gpu")."""
+    return array.device.type if isinstance(array, torch.Tensor) else next(iter(array.devices())).platform
 
 
 def _counter_dtype() -> type:

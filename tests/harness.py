@@ -29,8 +29,12 @@ class Run:
     """An optimizer on one backend, fed a Problem's gradients step by step."""
 
     def __init__(self, entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_array: bool = False):
-        self.backend, self.problem = backend, problem
+        """``backend``: "torch", "jax", "functional" (ours), "torch.optim"; "torch fused" and
+        "torch.optim fused" are the first and last with ``fused=True``."""
         kwargs = dict(kwargs)
+        if backend.endswith(" fused"):
+            backend, kwargs["fused"] = backend.removesuffix(" fused"), True
+        self.backend, self.problem = backend, problem
         if lr_array:  # a one-element float32 array, as users write torch.tensor(0.01)
             lr = kwargs["lr"]
             jax_side = backend in ("jax", "functional")

@@ -12,14 +12,18 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
     for result in report["results"]:
         assert result["parameters"] == 3 * 16 * 16 and result["stream_bytes_per_s"] > 0
         contenders = result["contenders"]
-        expected = {"ours torch", "ours jax", "ours jax functional", "torch.optim for-loop", "torch.optim foreach",
-                    "torch.optim fused", "optax jit donated"}
+        torch_side = {"ours torch", "ours torch fused", "torch.optim for-loop", "torch.optim foreach", "torch.optim fused"}
+        expected = torch_side | {"ours jax", "ours jax functional", "optax jit donated"}
         assert set(contenders) == expected
         for name, figures in contenders.items():
             assert figures["median_s"] > 0 and figures["bytes_per_s"] > 0
             assert set(figures["ratio_to"]) == {k for k in expected if not k.startswith("ours")}
             if not name.startswith("ours"):
                 assert figures["ratio_to"][name] == 1.0
+            assert (figures["allocated_bytes_per_step"] is None) == (name not in torch_side)
+        # The eager rule allocates its intermediates; the fused step gathers into buffers it keeps.
+        allocated = {name: contenders[name]["allocated_bytes_per_step"] for name in torch_side}
+        assert allocated["ours torch fused"] < allocated["ours torch"]
 
 
 def test_the_table_names_each_set_and_contender(capsys):

@@ -1,0 +1,292 @@
+"""``fused=True`` on the torch backend: a rule compiled into one pass over memory.
+
+torch.optim's fused kernels are written by hand, one per algorithm.  Here the rule the eager
+path runs is compiled by ``torch.compile`` (Inductor): one vectorized, multithreaded loop
+reads the parameter, its gradient and its state once, and writes the parameter and state in
+place.  The compiled step takes flat (1-d) arrays and is compiled for any length, so one
+compilation per rule, branch setting and dtype serves every parameter.
+
+How parameters reach it (see :class:`Piece`): a large parameter is stepped in place through
+flat views of itself, its gradient and its state; smaller ones are stepped together as one
+flat bucket, one compiled call and a few multi-tensor copies for all of them instead of a
+call each.
+
+Results agree with the eager path to rounding, not bit for bit, as torch.optim's fused
+kernels agree with its for-loop: Inductor's ``sqrt`` is correctly rounded where torch's CPU
+``sqrt`` is not, and ATen's ``add(alpha=)``/``addcmul``/``lerp`` multiply-add in one fused
+operation where the compiled loop rounds the product first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import types
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from backends import HostMath, Rule, compute_dtype, is_switch
+from backends.torch_ops import TorchOps
+
+# Elements from which a parameter is stepped through its own call rather than gathered into a
+# bucket: there a call's fixed cost (about 40 us) is below what gathering and scattering it costs.
+LARGE = 1 << 18
+
+_kernels: dict[tuple, Callable] = {}
+_kernel_numbers = itertools.count()
+_compiled: set = set()  # kernels that ran: their failures are errors, not a missing compiler
+_failed: set = set()  # kernels this machine could not compile: their parameters step eagerly
+
+
+class Scalars:
+    """The rule's ``h`` inside the compiled step: switches as constants, numbers as 0-d tensors."""
+
+    def __init__(self, pairs: Any) -> None:
+        for name, value in pairs:
+            setattr(self, name, value)
+
+
+class KernelOps(TorchOps):
+    """TorchOps for scalars that are 0-d tensors, as they are inside the compiled step.
+
+    Every number reaches the kernel as an element of one float64 input: a Python float there
+    would be compiled in as a constant wherever an operation takes a Scalar argument, and
+    each new value (a beta1 that CyclicLR cycles) would compile the step again.
+    """
+
+    @staticmethod
+    def add(x, y, alpha=1.0):
+        return x + alpha * y
+
+    @staticmethod
+    def lerp(x, end, weight):
+        # ATen's two-sided form: exact at both ends.
+        return torch.where(weight < 0.5, x + weight * (end - x), end - (end - x) * (1 - weight))
+
+    @staticmethod
+    def addcmul(x, t1, t2, value=1.0):
+        return x + value * t1 * t2
+
+    @staticmethod
+    def addcdiv(x, t1, t2, value=1.0):
+        return x + value * t1 / t2
+
+
+def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callable:
+    """The compiled step for one rule, branch setting, scalar names and :attr:`Piece.layout`.
+
+    It takes a flat parameter, its gradient, its state arrays (in ``keys`` order) and the
+    numeric scalars (a float64 vector, in ``names`` order); it writes the parameter and state in place and returns
+    the state entries the rule created (SGD's first momentum buffer).
+    """
+    cache_key = (rule.update, switches, names, layout)
+    if cache_key not in _kernels:
+        keys, _, _, compute = layout
+
+        def step(param, grad, states, numbers):
+            h = Scalars(switches + tuple((name, numbers[i]) for i, name in enumerate(names)))
+            value = param if compute is None else param.to(compute)
+            grad = grad if compute is None else grad.to(compute)
+            new_value, new_state = rule.update(KernelOps, value, grad, dict(zip(keys, states)), h)
+            param.copy_(new_value)
+            for key, array in zip(keys, states):
+                array.copy_(new_state[key])
+            return {key: array for key, array in new_state.items() if key not in keys}
+
+        # Dynamo keeps a few compiled variants per code object and then fails (fullgraph): each
+        # kernel gets a code object of its own, so any number of rules and settings coexist.
+        name = f"fused_step_{next(_kernel_numbers)}"
+        own = types.FunctionType(step.__code__.replace(co_name=name), step.__globals__, name, None, step.__closure__)
+        # dynamic_threads: the loop is parallel for any length; Inductor would otherwise decide
+        # from the first call's length, and a small first bucket would make it serial for all.
+        options = {"cpp.dynamic_threads": True}
+        _kernels[cache_key] = torch.compile(own, fullgraph=True, dynamic=True, options=options)
+    return _kernels[cache_key]
+
+
+class Piece:
+    """Parameters of one group that one kernel call steps: a large one in place, or a bucket.
+
+    A large parameter (``LARGE`` elements or more, contiguous, with contiguous state) is stepped
+    through flat views of itself, its gradient and its state: nothing is copied.  A bucket of smaller
+    ones keeps their state in flat buffers (the tensors in ``optimizer.state`` are re-pointed
+    into them with ``set_`` and keep their identity); each step it gathers gradients and values
+    into flat buffers it keeps, so a step allocates nothing, and copies the new values back.
+    """
+
+    def __init__(self, params: list, state: dict, keys: tuple, compute: torch.dtype | None) -> None:
+        self.params, self.keys = params, keys
+        self.helds = [state.get(p) for p in params]
+        first = params[0]
+        # What a kernel is compiled for: the state entries and the dtypes it reads and computes in.
+        self.layout = (keys, first.dtype, first.grad.dtype, compute)
+        self.in_place = len(params) == 1 and _is_large(first, self.helds[0], keys)
+        if self.in_place:
+            self.value = first.detach().view(-1)
+            self.states = tuple(self.helds[0][key].view(-1) for key in keys)
+        else:
+            size = sum(p.numel() for p in params)
+            self.value = torch.empty(size, dtype=first.dtype, device=first.device)
+            self.grad = torch.empty(size, dtype=first.grad.dtype, device=first.device)
+            self.values, self.grads = _shaped(self.value, params), _shaped(self.grad, params)
+            self.states = tuple(_flatten([held[key] for held in self.helds]) for key in keys)
+        self.arrays = self._arrays(self.helds)
+
+    def _arrays(self, helds: list) -> list:
+        return [held[key] for held in helds for key in self.keys]
+
+    def holds(self, state: dict) -> bool:
+        """Whether the plan still stands: the same state tensors (``load_state_dict`` replaces
+        them) and, in place, the parameter's memory (``module.to()`` replaces it)."""
+        helds = [state.get(p) for p in self.params]
+        return (
+            all(map(operator.is_, helds, self.helds))
+            and all(map(operator.is_, self._arrays(helds), self.arrays))
+            and (not self.in_place or self.params[0].data_ptr() == self.value.data_ptr())
+        )
+
+    def step(self, kernel: Callable, numbers: torch.Tensor) -> dict | None:
+        """One kernel call for all the piece's parameters; returns the state entries it created
+        (flat), or None when the kernel cannot be compiled here and nothing was written."""
+        if self.in_place:
+            grad = self.params[0].grad
+            return _run(kernel, self.value, grad.reshape(-1), self.states, numbers)
+        torch._foreach_copy_(self.grads, [p.grad for p in self.params])
+        torch._foreach_copy_(self.values, self.params)
+        created = _run(kernel, self.value, self.grad, self.states, numbers)
+        if created is not None:
+            torch._foreach_copy_(self.params, self.values)
+        return created
+
+
+def _is_large(param: Any, held: dict | None, keys: tuple) -> bool:
+    arrays = [held[key] for key in keys]
+    return param.numel() >= LARGE and all(a.is_contiguous() for a in [param, *arrays])
+
+
+def _shaped(flat: torch.Tensor, params: list) -> list:
+    """Views of consecutive slices of ``flat``, shaped as ``params``."""
+    return [view.view(p.shape) for view, p in zip(flat.split([p.numel() for p in params]), params)]
+
+
+def _flatten(tensors: list) -> torch.Tensor:
+    """One buffer holding ``tensors``' values, each tensor re-pointed to its slice of it."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    offset = 0
+    for tensor in tensors:
+        tensor.set_(flat.untyped_storage(), offset, tensor.shape)
+        offset += tensor.numel()
+    return flat
+
+
+def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memory: dict) -> list:
+    """Step one group's ``params`` (each with a gradient) through compiled kernels.
+
+    ``memory`` keeps the plan of each set of parameters (its pieces) between steps.  Returns
+    the parameters left to the eager path: those with sparse gradients, and those whose kernel
+    this machine cannot compile.
+    """
+    left = [p for p in params if p.grad.is_sparse]
+    for members in _by_counters(rule, [p for p in params if not p.grad.is_sparse] if left else params, state):
+        counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
+        scheduled, advanced = rule.schedule(HostMath, h, counters)
+        values = {**vars(h), **scheduled}
+        names = tuple(k for k, v in values.items() if _is_number(v))
+        switches = tuple((k, v) for k, v in values.items() if k not in names)
+        # A 0-d tensor lr enters as its value, as ATen reads a Scalar.
+        numbers = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
+        stepped = []
+        for piece in _plan(backend, rule, members, state, memory):
+            created = piece.step(_kernel(rule, switches, names, piece.layout), numbers)
+            if created is None:
+                left += piece.params
+                continue
+            stepped += piece.params
+            for key, flat in created.items():  # a first momentum buffer may be the gradient itself: a copy
+                for param, view in zip(piece.params, _shaped(flat.clone(), piece.params)):
+                    state[param] = {**state.get(param, {}), key: view}
+        _advance([state[p] for p in stepped if p in state], advanced)
+    return left
+
+
+def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) -> list[Piece]:
+    """The pieces ``members`` step in: kept from the last step while they still hold."""
+    key = tuple(map(id, members))
+    plan = memory.get(key)
+    if plan is not None and all(piece.holds(state) for piece in plan):
+        return plan
+    for other in [k for k in memory if not set(k).isdisjoint(key)]:
+        del memory[other]  # their state is about to move into the new plan's buffers
+    layouts: dict[tuple, list] = {}
+    for param in members:
+        held = state.get(param)
+        keys = _state_keys(rule, held)
+        if _is_large(param, held, keys):
+            layout: tuple = ("in place", id(param))
+        else:
+            layout = (param.dtype, param.grad.dtype, param.device, keys, *(held[k].dtype for k in keys))
+        layouts.setdefault(layout, []).append(param)
+    plan = memory[key] = []
+    for params in layouts.values():
+        compute = compute_dtype(backend, rule, params[0])
+        plan.append(Piece(params, state, _state_keys(rule, state.get(params[0])), compute and getattr(torch, compute)))
+    return plan
+
+
+def _run(kernel: Callable, *args: Any) -> dict | None:
+    """``kernel(*args)``; None if it cannot be compiled here (warned once), before it wrote anything."""
+    if kernel in _failed:
+        return None
+    try:
+        result = kernel(*args)
+    except Exception as error:  # no C++ compiler, an unsupported platform: compilation, never data
+        if kernel in _compiled:
+            raise
+        _failed.add(kernel)
+        warnings.warn(f"fused=True: the step could not be compiled here, so it runs eagerly ({error})", stacklevel=4)
+        return None
+    _compiled.add(kernel)
+    return result
+
+
+def _state_keys(rule: Rule, held: dict | None) -> tuple:
+    """The state entries a kernel reads and writes: arrays, not counters (nor a None buffer)."""
+    return tuple(k for k, v in (held or {}).items() if k not in rule.counters and isinstance(v, torch.Tensor))
+
+
+def _by_counters(rule: Rule, params: list, state: dict) -> list[list]:
+    """``params`` split by their counter values (read at once), as each set steps with one schedule."""
+    if not rule.counters or not params:
+        return [params] if params else []
+    columns = []
+    for key in rule.counters:
+        counters = [state[p][key] for p in params]
+        if all(isinstance(c, torch.Tensor) for c in counters):
+            columns.append(torch.stack(counters).tolist())
+        else:
+            columns.append([float(c) for c in counters])
+    split: dict[tuple, list] = {}
+    for param, values in zip(params, zip(*columns)):
+        split.setdefault(values, []).append(param)
+    return list(split.values())
+
+
+def _advance(helds: list, advanced: dict) -> None:
+    """Write the advanced counters into every parameter's state: one multi-tensor copy per counter."""
+    for key, value in advanced.items():
+        current = [held[key] for held in helds]
+        if all(isinstance(c, torch.Tensor) for c in current):
+            torch._foreach_copy_(current, [torch.as_tensor(value)] * len(current))
+        else:  # a Python int counter (SparseAdam's step)
+            for held in helds:
+                held[key] = value.item()
+
+
+def _is_number(value: Any) -> bool:
+    """A scalar the kernel takes as an input; anything else (bools, strings, None) is compiled in."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0
+    return not is_switch(value) and isinstance(value, (int, float, np.number))

@@ -1,0 +1,116 @@
+"""The array operations update rules use on the torch backend."""
+
+from __future__ import annotations
+
+import torch
+
+
+class TorchOps:
+    """The array operations update rules use: the torch kernels torch.optim's single-tensor path calls.
+
+    Running a rule with these reproduces torch.optim bit for bit on this backend.
+    """
+
+    @staticmethod
+    def add(x, y, alpha=1.0):
+        """x + alpha * y."""
+        return torch.add(x, y, alpha=alpha)
+
+    @staticmethod
+    def lerp(x, end, weight):
+        """x + weight * (end - x)."""
+        return torch.lerp(x, end, weight)
+
+    @staticmethod
+    def addcmul(x, t1, t2, value=1.0):
+        """x + value * t1 * t2."""
+        return torch.addcmul(x, t1, t2, value=value)
+
+    @staticmethod
+    def addcdiv(x, t1, t2, value=1.0):
+        """x + value * t1 / t2."""
+        return torch.addcdiv(x, t1, t2, value=value)
+
+    @staticmethod
+    def dense(x):
+        """A sparse gradient as the dense array it stands for."""
+        return x.to_dense() if x.is_sparse else x
+
+    @staticmethod
+    def coalesce(x):
+        """A sparse array with its duplicate entries summed; a dense one as the sparse array of its nonzeros."""
+        return x.coalesce() if x.is_sparse else x.to_sparse()
+
+    @staticmethod
+    def sparse_values(x):
+        return x._values()
+
+    @staticmethod
+    def gather(dense, like):
+        """The entries of ``dense`` where the sparse array ``like`` has entries, shaped as its values."""
+        return dense.sparse_mask(like)._values()
+
+    @staticmethod
+    def scatter_add(dense, like, values):
+        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
+        return dense.add(torch.sparse_coo_tensor(like._indices(), values, like.size()))
+
+    @staticmethod
+    def where(condition, if_true, if_false):
+        """Elementwise choice; a Python bool (a host-side schedule's) picks one array whole."""
+        if isinstance(condition, bool):
+            return if_true if condition else if_false
+        return torch.where(condition, if_true, if_false)
+
+    @staticmethod
+    def clamp(x, low=None, high=None):
+        """min(max(x, low), high), NaN kept; a None bound is no bound."""
+        return torch.clamp(x, low, high)
+
+    @staticmethod
+    def norm(x, axis=None, keepdims=False):
+        """The Euclidean norm, of all elements or along ``axis``, in x's dtype."""
+        return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
+
+    @staticmethod
+    def mean(x, axis=None, keepdims=False):
+        return torch.mean(x, dim=axis, keepdim=keepdims)
+
+    @staticmethod
+    def addmm(x, m1, m2, beta=1.0, alpha=1.0):
+        """beta * x + alpha * (m1 @ m2), rounded once to x's dtype."""
+        return torch.addmm(x, m1, m2, beta=beta, alpha=alpha)
+
+    @staticmethod
+    def bfloat16(x):
+        return x.bfloat16()
+
+    @staticmethod
+    def scalar(x):
+        """A 0-d array as a host number, as torch.optim's ``.item()`` reads it (a device sync)."""
+        return x.item()
+
+    concat = staticmethod(torch.cat)
+    dot = staticmethod(torch.dot)  # of two vectors, a 0-d array
+
+    @staticmethod
+    def copy(x):
+        """An array that later writes to ``x`` leave as it is."""
+        return torch.clone(x)
+
+    finfo = staticmethod(torch.finfo)
+    matmul = staticmethod(torch.matmul)
+    rsqrt = staticmethod(torch.rsqrt)
+
+    sqrt = staticmethod(torch.sqrt)
+    maximum = staticmethod(torch.maximum)
+    abs = staticmethod(torch.abs)
+    sign = staticmethod(torch.sign)
+
+    @staticmethod
+    def zeros_like(x):
+        return torch.zeros_like(x, memory_format=torch.preserve_format)
+
+    @staticmethod
+    def full_like(x, value):
+        return torch.full_like(x, value, memory_format=torch.preserve_format)

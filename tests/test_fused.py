@@ -1,0 +1,224 @@
+"""``fused=True`` on the torch backend: the rule compiled into one loop (backends/torch_fused.py).
+
+The compiled loop rounds differently from ATen's eager kernels (correctly rounded ``sqrt``,
+no fused multiply-add inside ``add``/``addcmul``/``lerp``), as torch.optim's own fused kernels
+differ from its for-loop, so it is held to the across-implementation tolerance against our
+reference path and against torch.optim's fused kernels.  Everything else -- state layout,
+checkpoints, identity of state tensors, errors -- is held to the reference path exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import pickle
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import optimizers
+from backends import torch_fused
+from tests.harness import REPORT, Run, raised
+from tests.registry import REGISTRY
+from tests.test_properties import ACROSS_FRAMEWORKS, DTYPES, draw_case, secondary
+
+FUSED = [entry for entry in REGISTRY.values() if "fused" in inspect.signature(entry.reference.__init__).parameters]
+# LARGE at its default puts every generated parameter into a bucket; at 4, those of 4 or more
+# elements step in place and the rest share a bucket.
+THRESHOLDS = [torch_fused.LARGE, 4]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("entry", FUSED, ids=repr)
+@secondary
+@given(data=st.data())
+def test_fused_agrees_with_the_reference_path_and_torch_optims_fused(entry, dtype, data):
+    problem, kwargs = draw_case(data, entry, dtype)
+    lr_array = data.draw(st.booleans(), label="lr as a one-element array")
+    threshold = data.draw(st.sampled_from(THRESHOLDS), label="LARGE")
+    with mock.patch.object(torch_fused, "LARGE", threshold):
+        run = Run(entry, "torch fused", problem, kwargs, lr_array)
+        fused = run.trajectory(problem.grads)
+    precision = "float32" if lr_array else dtype  # the steps are float32 numbers then
+    for reference in ("torch", "torch.optim fused"):
+        expected = Run(entry, reference, problem, kwargs, lr_array)
+        REPORT.compare(entry.name, f"torch fused vs {reference}", dtype, fused, expected.trajectory(problem.grads),
+                       ACROSS_FRAMEWORKS[precision])
+        if reference == "torch":
+            state, expected_state = run.state(), expected.state()
+            assert state.keys() == expected_state.keys()
+            for index, entries in expected_state.items():
+                assert list(state[index]) == list(entries)  # the same entries, in the same order
+
+
+def _model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3)).to(dtype)
+
+
+def _train(model, optimizer, steps, seed=1, between=None):
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        inputs = torch.randn(16, 6, generator=generator, dtype=next(model.parameters()).dtype)
+        optimizer.zero_grad()
+        model(inputs).pow(2).mean().backward()
+        optimizer.step()
+        if between:
+            between(step)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_state_tensors_keep_their_identity_and_checkpoints_resume_exactly(threshold):
+    with mock.patch.object(torch_fused, "LARGE", threshold):
+        model = _model()
+        opt = optimizers.Adam(model.parameters(), lr=0.01, fused=True)
+        _train(model, opt, 1)
+        held = {p: dict(opt.state[p]) for p in model.parameters()}
+        expected = _train(model, opt, 3)
+        for p in model.parameters():
+            assert all(opt.state[p][key] is tensor for key, tensor in held[p].items())
+        # The held tensors are the live state: a bucket's state is a view of its flat buffer.
+        assert all(held[p]["exp_avg"].abs().sum() > 0 for p in model.parameters())
+
+        first = _model()
+        opt = optimizers.Adam(first.parameters(), lr=0.01, fused=True)
+        _train(first, opt, 1)
+        buffer = io.BytesIO()
+        torch.save(opt.state_dict(), buffer)
+        buffer.seek(0)
+        resumed = optimizers.Adam(first.parameters(), lr=0.01, fused=True)
+        resumed.load_state_dict(torch.load(buffer, weights_only=True))
+        got = _train(first, resumed, 3)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_copies_continue_exactly():
+    model = _model()
+    opt = optimizers.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, fused=True)
+    _train(model, opt, 2)
+    copies = [copy.deepcopy((model, opt)), pickle.loads(pickle.dumps((model, opt)))]
+    expected = _train(model, opt, 3)
+    for model_copy, opt_copy in copies:
+        for a, b in zip(_train(model_copy, opt_copy, 3), expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_parameters_given_new_memory_between_steps_are_followed(threshold):
+    """``module.to()`` and ``p.data = ...`` give a parameter new memory; the step must land there."""
+
+    def move(step):
+        if step == 1:
+            for p in model.parameters():
+                p.data = p.data.clone()
+
+    with mock.patch.object(torch_fused, "LARGE", threshold):
+        model = _model()
+        got = _train(model, optimizers.Adagrad(model.parameters(), lr=0.1, fused=True), 4, between=move)
+        reference = _model()
+        expected = _train(reference, optimizers.Adagrad(reference.parameters(), lr=0.1, fused=True), 4)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_changing_hyperparameters_every_step_never_recompiles():
+    """Numbers enter the compiled loop as data: a beta1 that CyclicLR cycles is not compiled in
+    (Dynamo would compile a variant per value and give up after eight)."""
+    model, reference = _model(), _model()
+    ours = optimizers.Adam(model.parameters(), lr=0.01, fused=True)
+    theirs = optimizers.Adam(reference.parameters(), lr=0.01)
+    schedules = [
+        torch.optim.lr_scheduler.CyclicLR(opt, 1e-3, 1e-2, step_size_up=3, cycle_momentum=True, base_momentum=0.8)
+        for opt in (ours, theirs)
+    ]
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for step in range(12):
+        for opt in (ours, theirs):
+            opt.param_groups[0]["eps"] = 1e-8 * (step + 1)
+            opt.param_groups[0]["weight_decay"] = 0.01 * step
+        _train(model, ours, 1, seed=step, between=lambda _: schedules[0].step())
+        _train(reference, theirs, 1, seed=step, between=lambda _: schedules[1].step())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - frames <= 2  # one graph, a first compile
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=ACROSS_FRAMEWORKS["float32"], atol=1e-7)
+
+
+def test_low_precision_parameters_with_float32_state():
+    model, reference = _model(torch.bfloat16), _model(torch.bfloat16)
+    ours = optimizers.AdamW(model.parameters(), lr=0.01, fused=True, state_dtype=torch.float32)
+    theirs = optimizers.AdamW(reference.parameters(), lr=0.01, state_dtype=torch.float32)
+    got, expected = _train(model, ours, 5), _train(reference, theirs, 5)
+    for p in model.parameters():
+        assert p.dtype == torch.bfloat16 and ours.state[p]["exp_avg"].dtype == torch.float32
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-3)  # a bfloat16 ulp
+
+
+@pytest.mark.parametrize("name", [entry.name for entry in FUSED])
+def test_non_floating_parameters_get_torchs_error_and_nothing_changes(name):
+    def attempt(cls):
+        p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        opt = cls([p], lr=0.1, fused=True)
+        before = copy.deepcopy(opt.state_dict())
+        return raised(opt.step), p.detach().clone(), before, opt.state_dict()
+
+    (error, message), value, before, after = attempt(getattr(optimizers, name))
+    assert (error, message) == attempt(getattr(torch.optim, name))[0]
+    assert torch.equal(value, torch.zeros(3, dtype=torch.complex64))
+    assert before["state"].keys() == after["state"].keys()
+    for index, entries in before["state"].items():
+        assert all(torch.equal(tensor, after["state"][index][key]) for key, tensor in entries.items())
+
+
+def test_without_a_compiler_the_step_runs_eagerly_with_a_warning():
+    def unavailable(function, **options):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    model, reference = _model(), _model()
+    with mock.patch.multiple(torch_fused, _kernels={}, _compiled=set(), _failed=set()), \
+            mock.patch.object(torch, "compile", unavailable):
+        ours = optimizers.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+        with pytest.warns(UserWarning, match="could not be compiled here, so it runs eagerly"):
+            got = _train(model, ours, 3)
+    expected = _train(reference, optimizers.SGD(reference.parameters(), lr=0.1, momentum=0.9), 3)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_sparse_gradients_take_the_eager_path():
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    reference = copy.deepcopy(embedding)
+    for module, fused in ((embedding, True), (reference, None)):
+        opt = optimizers.SGD(module.parameters(), lr=0.1, fused=fused)
+        for step in range(3):
+            opt.zero_grad()
+            module(torch.tensor([1, 3, step])).sum().backward()
+            opt.step()
+    torch.testing.assert_close(embedding.weight, reference.weight, rtol=0, atol=0)
+
+
+def test_a_fused_step_allocates_nothing_per_parameter():
+    """After the first steps, a bucket step gathers into buffers it keeps: no new tensors of
+    the parameters' size (measured as the allocations the profiler records)."""
+    with mock.patch.object(torch_fused, "LARGE", 1 << 30):
+        params = [torch.randn(64, 64, requires_grad=True) for _ in range(50)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = optimizers.Adam(params, lr=1e-3, fused=True)
+        opt.step()
+        opt.step()
+        with torch.profiler.profile(profile_memory=True) as profile:
+            opt.step()
+    allocated = sum(max(event.cpu_memory_usage, 0) for event in profile.events())
+    assert allocated < 64 * 64 * 4, allocated  # less than one parameter's worth
+    assert np.isfinite([p.detach().sum().item() for p in params]).all()
