@@ -44,8 +44,8 @@ class SGD(Optimizer):
       (Sutskever et al. and some frameworks use :math:`v_t = \mu v_{t-1} + \eta g_t`);
       the two agree for a constant lr and differ under a schedule.
     * Nesterov is :math:`g_t + \mu b_t`, torch's form.
-    * ``foreach``, ``fused`` and ``differentiable`` are accepted and validated as in
-      torch.optim; the step itself is always this rule, run by the backend.
+    * ``foreach`` and ``differentiable`` are accepted and validated as in torch.optim;
+      ``fused=True`` runs this rule compiled into one loop (``backends/torch_fused.py``).
 
     Args:
         params: tensors, ``named_parameters()``, or param-group dicts (torch); a
