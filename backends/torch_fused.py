@@ -207,7 +207,7 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
             stepped += piece.params
             for key, flat in created.items():  # a first momentum buffer may be the gradient itself: a copy
                 for param, view in zip(piece.params, _shaped(flat.clone(), piece.params)):
-                    state[param] = {**state.get(param, {}), key: view}
+                    state.setdefault(param, {})[key] = view
         _advance([state[p] for p in stepped if p in state], advanced)
     return left
 
