@@ -247,22 +247,24 @@ class JaxBackend:
         return result
 
     def match_gradients(self, grads: Any, structure: Any, params: list) -> list:
-        found, found_structure = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_gradient_leaf)
-        if found_structure != structure:
-            expected = [p.path for p in params]
-            given = [_where(path) for path, _ in found]
-            missing = [w for w in expected if w not in given]
-            unexpected = [w for w in given if w not in expected]
-            detail = "; ".join(
-                part
-                for part in (
-                    f"no gradient at {', '.join(missing)}" if missing else "",
-                    f"unexpected gradient at {', '.join(unexpected)}" if unexpected else "",
-                )
-                if part
-            ) or f"expected the structure {structure}, got {found_structure}"
-            raise ValueError(f"gradients do not match the parameters' tree: {detail}")
-        return [_checked_gradient(grad, param) for (_, grad), param in zip(found, params)]
+        leaves, found_structure = jax.tree_util.tree_flatten(grads, is_leaf=_is_gradient_leaf)
+        if found_structure == structure:
+            return [_checked_gradient(grad, param) for grad, param in zip(leaves, params)]
+        # Only a mismatch needs the paths (slower to collect), to name what is missing or extra.
+        found, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_gradient_leaf)
+        expected = [p.path for p in params]
+        given = [_where(path) for path, _ in found]
+        missing = [w for w in expected if w not in given]
+        unexpected = [w for w in given if w not in expected]
+        detail = "; ".join(
+            part
+            for part in (
+                f"no gradient at {', '.join(missing)}" if missing else "",
+                f"unexpected gradient at {', '.join(unexpected)}" if unexpected else "",
+            )
+            if part
+        ) or f"expected the structure {structure}, got {found_structure}"
+        raise ValueError(f"gradients do not match the parameters' tree: {detail}")
 
     def zero_grad(self, param: Param, set_to_none: bool) -> None:
         if param.grad is not None:
@@ -304,7 +306,8 @@ class JaxBackend:
             states.append([state.get(p, {}) for p in params])
         # The step consumes the parameters and state: a gradient that is one of those arrays
         # (opt.step(opt.params) for the loss |p|^2 / 2) must survive the call as its own copy.
-        consumed = {id(a) for a in jax.tree_util.tree_leaves((values, states))}
+        consumed = {id(a) for group in values for a in group}
+        consumed.update(id(a) for group in states for held in group for a in held.values())
         grads = [[jnp.copy(g) if id(g) in consumed else g for g in group_grads] for group_grads in grads]
         new_values, new_states = _step(rule, tuple(switches), numbers, values, grads, states)
         for (_, params, _), group_values, group_states in zip(work, new_values, new_states):
@@ -340,6 +343,8 @@ def _is_gradient_leaf(node: Any) -> bool:
 def _checked_gradient(grad: Any, param: Param) -> jax.Array | None:
     if grad is None:
         return None
+    if isinstance(grad, jax.Array) and grad.dtype == param.dtype and grad.shape == param.shape:
+        return grad  # the common case, decided without the dtype checks below
     if not isinstance(grad, (jax.Array, sparse.BCOO)):
         try:
             grad = jnp.asarray(grad)

@@ -126,17 +126,18 @@ class TorchBackend:
 
     def _step_each(self, rule: Rule, params: list, h: Any, state: dict) -> None:
         """The reference path: the rule run parameter by parameter, as torch.optim's for-loop."""
-        schedules: dict[tuple, tuple[dict, dict]] = {}  # parameters usually share their counters
+        schedules: dict[tuple, tuple[Any, dict]] = {}  # parameters usually share their counters
         for param in params:
             held = state.get(param, {})
             counters = {k: np.asarray(held[k])[()] for k in rule.counters}
             key = tuple(float(v) for v in counters.values())
             if key not in schedules:
-                schedules[key] = rule.schedule(HostMath, h, counters)
-            scheduled, advanced = schedules[key]
-            # Scalars derived from counters or tensors reach the kernels as the Python
-            # floats torch.optim hands them.
-            param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
+                scheduled, advanced = rule.schedule(HostMath, h, counters)
+                # Scalars derived from counters or tensors reach the kernels as the Python
+                # floats torch.optim hands them.
+                param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
+                schedules[key] = param_h, {k: self.store_counter(v) for k, v in advanced.items()}
+            param_h, advanced = schedules[key]
             arrays = {k: v for k, v in held.items() if k not in rule.counters}
             value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
             new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h)
@@ -161,8 +162,6 @@ def _host_float(value: Any) -> Any:
 def _write_state(held: dict, new_state: Mapping) -> None:
     """Update a parameter's state dict in place, keeping existing tensors' identity."""
     for key, value in new_state.items():
-        if isinstance(value, (np.ndarray, np.generic)):  # a counter advanced on the host
-            value = BACKEND.store_counter(value)
         current = held.get(key)
         if current is value:
             continue
