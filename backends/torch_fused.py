@@ -117,14 +117,13 @@ class Piece:
     into flat buffers it keeps, so a step allocates nothing, and copies the new values back.
     """
 
-    def __init__(self, params: list, state: dict, keys: tuple, compute: torch.dtype | None) -> None:
-        self.params, self.keys = params, keys
+    def __init__(self, params: list, state: dict, keys: tuple, compute: torch.dtype | None, in_place: bool) -> None:
+        self.params, self.keys, self.in_place = params, keys, in_place
         self.helds = [state.get(p) for p in params]
         first = params[0]
         # What a kernel is compiled for: the state entries and the dtypes it reads and computes in.
         self.layout = (keys, first.dtype, first.grad.dtype, compute)
-        self.in_place = len(params) == 1 and _is_large(first, self.helds[0], keys)
-        if self.in_place:
+        if in_place:
             self.value = first.detach().view(-1)
             self.states = tuple(self.helds[0][key].view(-1) for key in keys)
         else:
@@ -208,7 +207,7 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
             for key, flat in created.items():  # a first momentum buffer may be the gradient itself: a copy
                 for param, view in zip(piece.params, _shaped(flat.clone(), piece.params)):
                     state.setdefault(param, {})[key] = view
-        _advance([state[p] for p in stepped if p in state], advanced)
+        _advance([state[p] for p in stepped if p in state], {k: backend.store_counter(v) for k, v in advanced.items()})
     return left
 
 
@@ -225,14 +224,14 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) ->
         held = state.get(param)
         keys = _state_keys(rule, held)
         if _is_large(param, held, keys):
-            layout: tuple = ("in place", id(param))
+            layout: tuple = (True, keys, id(param))
         else:
-            layout = (param.dtype, param.grad.dtype, param.device, keys, *(held[k].dtype for k in keys))
+            layout = (False, keys, param.dtype, param.grad.dtype, param.device, *(held[k].dtype for k in keys))
         layouts.setdefault(layout, []).append(param)
     plan = memory[key] = []
-    for params in layouts.values():
+    for (in_place, keys, *_), params in layouts.items():
         compute = compute_dtype(backend, rule, params[0])
-        plan.append(Piece(params, state, _state_keys(rule, state.get(params[0])), compute and getattr(torch, compute)))
+        plan.append(Piece(params, state, keys, compute and getattr(torch, compute), in_place))
     return plan
 
 
@@ -259,8 +258,10 @@ def _state_keys(rule: Rule, held: dict | None) -> tuple:
 
 def _by_counters(rule: Rule, params: list, state: dict) -> list[list]:
     """``params`` split by their counter values (read at once), as each set steps with one schedule."""
-    if not rule.counters or not params:
-        return [params] if params else []
+    if not params:
+        return []
+    if not rule.counters:
+        return [params]
     columns = []
     for key in rule.counters:
         counters = [state[p][key] for p in params]
@@ -275,14 +276,15 @@ def _by_counters(rule: Rule, params: list, state: dict) -> list[list]:
 
 
 def _advance(helds: list, advanced: dict) -> None:
-    """Write the advanced counters into every parameter's state: one multi-tensor copy per counter."""
+    """Write the advanced counters (as the backend stores them) into every parameter's state:
+    one multi-tensor copy per tensor counter."""
     for key, value in advanced.items():
         current = [held[key] for held in helds]
-        if all(isinstance(c, torch.Tensor) for c in current):
-            torch._foreach_copy_(current, [torch.as_tensor(value)] * len(current))
+        if isinstance(value, torch.Tensor) and all(isinstance(c, torch.Tensor) for c in current):
+            torch._foreach_copy_(current, [value] * len(current))
         else:  # a Python int counter (SparseAdam's step)
             for held in helds:
-                held[key] = value.item()
+                held[key] = value
 
 
 def _is_number(value: Any) -> bool:
