@@ -131,6 +131,9 @@ class Backend(Protocol):
     def as_complex(self, array: Any) -> Any:
         """The inverse of :meth:`as_real`."""
 
+    def foreach(self, group: dict[str, Any], params: list) -> bool:
+        """Whether ``group``'s step runs as multi-tensor operations (torch.optim's ``foreach``)."""
+
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         """Run ``rule`` for every parameter and write the new parameters and state.
 

@@ -163,6 +163,7 @@ class JaxOps:
 
     finfo = staticmethod(jnp.finfo)
     rsqrt = staticmethod(jax.lax.rsqrt)
+    reciprocal = staticmethod(jnp.reciprocal)
 
     where = staticmethod(jnp.where)
     sqrt = staticmethod(jnp.sqrt)
@@ -293,6 +294,9 @@ class JaxBackend:
 
     def as_complex(self, array: jax.Array) -> jax.Array:
         return jax.lax.complex(array[..., 0], array[..., 1])
+
+    def foreach(self, group: dict[str, Any], params: list) -> bool:
+        return False  # one compiled program per step: torch.optim's single-tensor formulas
 
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         del memory  # one compiled program per step: nothing to keep between steps but the jit cache

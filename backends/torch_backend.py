@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import HostMath, Rule, run_update, torch_fused, widened
+from backends import Rule, run_update, torch_fused, torch_plan, widened
 from backends.torch_ops import TorchOps
 
 
@@ -117,26 +117,48 @@ class TorchBackend:
     def as_complex(self, array: torch.Tensor) -> torch.Tensor:
         return torch.view_as_complex(array)
 
+    def foreach(self, group: dict[str, Any], params: list) -> bool:
+        """Whether ``group`` steps as multi-tensor (``torch._foreach_*``) operations.
+
+        ``foreach=None`` decides as torch.optim's ``_default_to_fused_or_foreach``: on when
+        every parameter is a plain tensor on a device with multi-tensor kernels (CUDA and
+        the like, not the CPU) and the step is not differentiable.  A sparse gradient
+        keeps the group on single tensors, as torch.optim's multi-tensor paths do.
+        """
+        if any(p.grad is not None and p.grad.is_sparse for p in params):
+            return False  # multi-tensor kernels take dense tensors; torch.optim loops here too
+        chosen = group.get("foreach")
+        if chosen is not None:
+            return bool(chosen)
+        if group.get("differentiable") or group.get("fused"):
+            return False
+        return all(
+            type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in _FOREACH_DEVICES for p in params
+        )
+
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         for group, params, h in work:
-            with torch.set_grad_enabled(bool(group.get("differentiable", False))):
+            differentiable = bool(group.get("differentiable", False))
+            with torch.set_grad_enabled(differentiable):
                 if group.get("fused"):
                     params = torch_fused.step_group(self, rule, params, h, state, memory)
+                elif not differentiable:
+                    foreach = self.foreach(group, params)
+                    params = torch_plan.step_group(self, rule, params, h, state, memory, foreach)
                 self._step_each(rule, params, h, state)
 
     def _step_each(self, rule: Rule, params: list, h: Any, state: dict) -> None:
-        """The reference path: the rule run parameter by parameter, as torch.optim's for-loop."""
+        """The reference path: the rule run parameter by parameter, op by op, as written."""
         schedules: dict[tuple, tuple[Any, dict]] = {}  # parameters usually share their counters
         for param in params:
             held = state.get(param, {})
             counters = {k: np.asarray(held[k])[()] for k in rule.counters}
             key = tuple(float(v) for v in counters.values())
             if key not in schedules:
-                scheduled, advanced = rule.schedule(HostMath, h, counters)
                 # Scalars derived from counters or tensors reach the kernels as the Python
                 # floats torch.optim hands them.
-                param_h = SimpleNamespace(**{k: _host_float(v) for k, v in {**vars(h), **scheduled}.items()})
-                schedules[key] = param_h, {k: self.store_counter(v) for k, v in advanced.items()}
+                values, advanced = torch_plan.host_values(rule, h, counters)
+                schedules[key] = SimpleNamespace(**values), {k: self.store_counter(v) for k, v in advanced.items()}
             param_h, advanced = schedules[key]
             arrays = {k: v for k, v in held.items() if k not in rule.counters}
             value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
@@ -155,8 +177,8 @@ class TorchBackend:
         return tensor.to(device=param.device)
 
 
-def _host_float(value: Any) -> Any:
-    return float(value) if isinstance(value, np.floating) else value
+# torch.optim's devices with multi-tensor kernels (torch.utils._foreach_utils).
+_FOREACH_DEVICES = ("cuda", "xpu", "mtia", "hpu", "privateuseone")
 
 
 def _write_state(held: dict, new_state: Mapping) -> None:

@@ -101,6 +101,7 @@ class TorchOps:
     finfo = staticmethod(torch.finfo)
     matmul = staticmethod(torch.matmul)
     rsqrt = staticmethod(torch.rsqrt)
+    reciprocal = staticmethod(torch.reciprocal)
 
     sqrt = staticmethod(torch.sqrt)
     maximum = staticmethod(torch.maximum)

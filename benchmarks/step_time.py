@@ -1,9 +1,12 @@
 """Time one optimizer step, side by side: our backends against torch.optim and optax.
 
     python -m benchmarks.step_time                       # few-large and many-small, SGD and Adam
-    python -m benchmarks.step_time --sets gpt2 --json    # the GPT-2-small-like mix, as JSON
+    python -m benchmarks.step_time --algorithms all      # every planned algorithm
+    python -m benchmarks.step_time --sets gpt2 --algorithms Adam --json
+                                                         # the GPT-2-small-like mix, as JSON
     python -m benchmarks.step_time --sets scale-1M,scale-10M,scale-100M --algorithms Adam
                                                          # per-step time as the model grows
+    python -m benchmarks.step_time --graphs              # graphs of a torch.compile'd training step
 
 Every contender runs in this one process, interleaved round by round, so machine noise
 hits them alike; the report gives medians, ratios to each anchor, achieved bytes/s and
@@ -36,10 +39,25 @@ SETS = {
     "scale-10M": [(1024, 1024)] * 10,
     "scale-100M": [(1024, 1024)] * 100,
 }
-# Bytes each algorithm moves per parameter element in float32: reads and writes of param,
-# grad and state (SGD with momentum: param, grad, buffer read + param, buffer written).
-BYTES_PER_ELEMENT = {"SGD": 4 * 5, "Adam": 4 * 7}
-OPTIONS = {"SGD": dict(lr=1e-3, momentum=0.9), "Adam": dict(lr=1e-3)}
+OPTIONS = {
+    "SGD": dict(lr=1e-3, momentum=0.9),
+    "Adam": dict(lr=1e-3),
+    "AdamW": dict(lr=1e-3),
+    "Adamax": dict(lr=1e-3),
+    "NAdam": dict(lr=1e-3),
+    "RAdam": dict(lr=1e-3),
+    "Adagrad": dict(lr=1e-2),
+    "RMSprop": dict(lr=1e-3),
+    "Adadelta": dict(lr=1.0),
+    "ASGD": dict(lr=1e-3),
+    "Rprop": dict(lr=1e-3),
+}
+# State arrays per parameter (as in OPTIONS).  A step reads the parameter, its gradient and its
+# state and writes the parameter and state: bytes moved per float32 element.
+STATE_ARRAYS = {"SGD": 1, "Adagrad": 1, "RMSprop": 1, "ASGD": 1, "Rprop": 2}
+BYTES_PER_ELEMENT = {name: 4 * (3 + 2 * STATE_ARRAYS.get(name, 2)) for name in OPTIONS}
+# Algorithms with an optax counterpart for the JAX contenders.
+OPTAX = {"SGD", "Adam"}
 
 
 def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None]]:
@@ -59,14 +77,15 @@ def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], No
 
     reference = getattr(torch.optim, name)
     ours = getattr(optimizers, name)
-    contenders = {"ours torch": make(ours)}
-    if "fused" in reference.__init__.__code__.co_varnames:
-        contenders["ours torch fused"] = make(ours, fused=True)
+    fused = "fused" in reference.__init__.__code__.co_varnames
+    contenders = {"ours default": make(ours), "ours foreach": make(ours, foreach=True)}
+    if fused:
+        contenders["ours fused"] = make(ours, fused=True)
     contenders |= {
         "torch.optim for-loop": make(reference, foreach=False),
         "torch.optim foreach": make(reference, foreach=True),
     }
-    if "fused" in reference.__init__.__code__.co_varnames:
+    if fused:
         contenders["torch.optim fused"] = make(reference, fused=True)
     return contenders
 
@@ -169,13 +188,14 @@ def measure(contenders: dict[str, Callable[[], None]], rounds: int) -> dict[str,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def run(sets: list[str], algorithms: list[str], rounds: int) -> dict:
+def run(sets: list[str], algorithms: list[str], rounds: int, jax_too: bool = True) -> dict:
     import torch
 
     report = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}, "results": []}
-    import jax
+    if jax_too:
+        import jax
 
-    report["machine"]["jax"] = jax.__version__
+        report["machine"]["jax"] = jax.__version__
     for set_name in sets:
         shapes = SETS[set_name]
         elements = sum(int(np.prod(shape)) for shape in shapes)
@@ -183,7 +203,8 @@ def run(sets: list[str], algorithms: list[str], rounds: int) -> dict:
         bandwidth = streaming_bandwidth(max(elements, 1 << 26), max(rounds, 5))
         for algorithm in algorithms:
             torch_side = _torch_contenders(algorithm, shapes, 0)
-            contenders = {**torch_side, **_jax_contenders(algorithm, shapes, 0)}
+            jax_side = _jax_contenders(algorithm, shapes, 0) if jax_too and algorithm in OPTAX else {}
+            contenders = {**torch_side, **jax_side}
             medians = measure(contenders, rounds)
             allocated = {name: allocated_per_step(step) for name, step in torch_side.items()}
             moved = BYTES_PER_ELEMENT[algorithm] * elements
@@ -246,21 +267,78 @@ def scaling_table(report: dict) -> list[str]:
     return lines
 
 
+def compiled_step_graphs(algorithms: list[str], steps: int = 3) -> dict[str, dict[str, int]]:
+    """Graphs and graph breaks of a ``torch.compile``'d training step (model, loss, backward,
+    ``opt.step()``, ``zero_grad``) over ``steps`` steps, ours against torch.optim.
+
+    The model has 10 parameters, past Dynamo's recompile limit (8) if anything were keyed by a
+    parameter's identity.
+    """
+    import torch
+    from torch._dynamo.utils import counters
+
+    import optimizers
+
+    results = {}
+    for name in algorithms:
+        for label, cls in (("ours", getattr(optimizers, name)), ("torch.optim", getattr(torch.optim, name))):
+            torch._dynamo.reset()
+            counters.clear()
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(5)])
+            optimizer = cls(model.parameters(), **OPTIONS[name])
+            data = torch.randn(4, 8)
+
+            @torch.compile
+            def train_step():
+                loss = model(data).square().mean()
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                return loss
+
+            for _ in range(steps):
+                train_step()
+            results.setdefault(name, {})[label] = {
+                "graphs": int(counters["stats"]["unique_graphs"]),
+                "graph_breaks": int(sum(counters["graph_break"].values())),
+                "recompiles": int(counters["recompiles"].get("total", 0)) if "recompiles" in counters else 0,
+            }
+    return results
+
+
+def graphs_table(results: dict) -> str:
+    lines = [f"  {'algorithm':<10} {'contender':<12} {'graphs':>7} {'breaks':>7}"]
+    for name, sides in results.items():
+        for label, figures in sides.items():
+            lines.append(f"  {name:<10} {label:<12} {figures['graphs']:>7} {figures['graph_breaks']:>7}")
+    return "torch.compile'd training step (3 steps)\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="few-large,many-small", help=f"comma-separated, from {', '.join(SETS)}")
-    parser.add_argument("--algorithms", default="SGD,Adam", help=f"comma-separated, from {', '.join(OPTIONS)}")
+    parser.add_argument(
+        "--algorithms", default="SGD,Adam", help=f"comma-separated, from {', '.join(OPTIONS)}; or all"
+    )
+    parser.add_argument("--no-jax", action="store_true", help="torch contenders only")
+    parser.add_argument("--graphs", action="store_true", help="count a compiled training step's graphs instead")
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per contender (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
-    sets, algorithms = args.sets.split(","), args.algorithms.split(",")
+    sets = args.sets.split(",")
+    algorithms = list(OPTIONS) if args.algorithms == "all" else args.algorithms.split(",")
     for value, valid, what in ((sets, SETS, "set"), (algorithms, OPTIONS, "algorithm")):
         unknown = [v for v in value if v not in valid]
         if unknown:
             parser.error(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)}")
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    report = run(sets, algorithms, args.rounds)
+    if args.graphs:
+        results = compiled_step_graphs(algorithms)
+        print(json.dumps(results, indent=2) if args.json else graphs_table(results))
+        return 0
+    report = run(sets, algorithms, args.rounds, jax_too=not args.no_jax)
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 

@@ -73,7 +73,9 @@ class Adagrad(Optimizer):
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
         self._initialize_all_state()
 
-    switches = staticmethod(decay_switches)
+    @staticmethod
+    def switches(group):
+        return dict(decay_switches(group), foreach=bool(group["foreach"]))
 
     @staticmethod
     def coefficients(math, numbers):
@@ -97,6 +99,8 @@ class Adagrad(Optimizer):
         grad = direction(ops, param, ops.dense(grad), h)
         accumulated = ops.addcmul(state["sum"], grad, grad, value=1)
         std = ops.sqrt(accumulated) + h.eps
+        if h.foreach:  # torch.optim's multi-tensor Adagrad scales the gradient first
+            return ops.addcdiv(param, grad * -h.clr, std), {"sum": accumulated}
         return ops.addcdiv(param, grad, std, value=-h.clr), {"sum": accumulated}
 
 

@@ -339,7 +339,9 @@ class NAdam(Optimizer):
         )
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
-    switches = staticmethod(_switches)
+    @staticmethod
+    def switches(group):
+        return dict(_switches(group), foreach=bool(group["foreach"]))
 
     @staticmethod
     def coefficients(math, numbers):
@@ -354,8 +356,9 @@ class NAdam(Optimizer):
         # In the counter's float32, as torch's `mu_product *= mu` rounds mu first:
         mu_product = counters["mu_product"] * math.cast_like(mu, counters["mu_product"])
         mu_product_next = math.float(mu_product) * mu_next
+        bias_correction2 = 1 - h.beta2**t
         return dict(
-            bias_correction2=1 - h.beta2**t,
+            {"bias_correction2_sqrt": bias_correction2**0.5} if h.foreach else {"bias_correction2": bias_correction2},
             grad_step=-h.lr * (1.0 - mu) / (1.0 - math.float(mu_product)),
             momentum_step=(-h.lr * mu_next) / (1.0 - mu_product_next),
         ), {"step": step, "mu_product": mu_product}
@@ -368,7 +371,10 @@ class NAdam(Optimizer):
     def update(ops, param, grad, state, h):
         param, grad = decoupled_decay(param, h), direction(ops, param, grad, h)
         exp_avg, exp_avg_sq = _moments(ops, grad, state, h)
-        denom = ops.sqrt(exp_avg_sq / h.bias_correction2) + h.eps
+        if h.foreach:  # torch.optim's multi-tensor NAdam: sqrt(v) / sqrt(1 - beta2^t)
+            denom = ops.sqrt(exp_avg_sq) / h.bias_correction2_sqrt + h.eps
+        else:
+            denom = ops.sqrt(exp_avg_sq / h.bias_correction2) + h.eps
         param = ops.addcdiv(param, grad, denom, value=h.grad_step)
         param = ops.addcdiv(param, exp_avg, denom, value=h.momentum_step)
         return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
@@ -426,7 +432,10 @@ class RAdam(Optimizer):
         )
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
-    switches = staticmethod(_switches)
+    @staticmethod
+    def switches(group):
+        return dict(_switches(group), foreach=bool(group["foreach"]))
+
     coefficients = staticmethod(_coefficients)
 
     @staticmethod
@@ -439,11 +448,19 @@ class RAdam(Optimizer):
         rectify = rho_t > 5.0
         # While rho_t <= 4 the radicand is negative: its root is taken but not used.
         radicand = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        bias_correction1 = 1 - h.beta1**t
+        if h.foreach:  # torch.optim's multi-tensor RAdam folds both regimes into two numbers
+            rectification = math.where(rectify, radicand**0.5, 0.0)
+            unrectified = math.where(rectify, 0.0, 1.0)
+            return dict(
+                rectified_scale=(bias_correction2**0.5) * (h.lr * rectification / bias_correction1) * -1,
+                unrectified_step=(h.lr * unrectified / bias_correction1) * -1,
+            ), {"step": step}
         rectification = math.where(rectify, radicand**0.5, 1.0)
         return dict(
             rectify=rectify,
             rectification=rectification,
-            bias_correction1=1 - h.beta1**t,
+            bias_correction1=bias_correction1,
             bias_correction2_sqrt=bias_correction2**0.5,
         ), {"step": step}
 
@@ -455,7 +472,11 @@ class RAdam(Optimizer):
     def update(ops, param, grad, state, h):
         param, grad = decoupled_decay(param, h), direction(ops, param, grad, h)
         exp_avg, exp_avg_sq = _moments(ops, grad, state, h)
+        new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        if h.foreach:  # torch.optim's multi-tensor RAdam: m / ((sqrt(v) + eps) / scale) + unrectified step
+            scale = ops.reciprocal((ops.sqrt(exp_avg_sq) + h.eps) / h.rectified_scale) + h.unrectified_step
+            return ops.addcmul(param, exp_avg, scale), new_state
         step = exp_avg / h.bias_correction1 * h.lr
         adaptive_lr = h.bias_correction2_sqrt / (ops.sqrt(exp_avg_sq) + h.eps)
         step = ops.where(h.rectify, step * adaptive_lr * h.rectification, step)
-        return ops.add(param, step, alpha=-1.0), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        return ops.add(param, step, alpha=-1.0), new_state

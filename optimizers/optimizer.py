@@ -154,7 +154,11 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     @staticmethod
     def switches(group: dict[str, Any]) -> dict[str, Any]:
-        """The rule's branches, read from ``group`` on the host (bools, strings, None)."""
+        """The rule's branches, read from ``group`` on the host (bools, strings, None).
+
+        ``group["foreach"]`` is the resolved execution mode: whether this step runs as
+        multi-tensor operations (the torch backend's ``foreach``).
+        """
         return {}
 
     @staticmethod
@@ -280,7 +284,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             return loss
         work = []
         for group, params in stepping:
-            h = self._host_scalars(group)
+            h = self._host_scalars(group, foreach=self._backend.foreach(group, params))
             for param in params:
                 if not self.state.get(param):
                     initial = self._initial_state(param, h)
@@ -332,9 +336,14 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             tuple(self.counters), tuple(self.counters.values()), self.complex_as_real, self.state_dtype,
         )
 
-    def _host_scalars(self, group: dict[str, Any]) -> SimpleNamespace:
-        """A group's switches and coefficients, computed on the host as torch.optim computes them."""
-        switches = self.switches(group)
+    def _host_scalars(self, group: dict[str, Any], foreach: bool = False) -> SimpleNamespace:
+        """A group's switches and coefficients, computed on the host as torch.optim computes them.
+
+        ``switches`` sees ``group["foreach"]`` as the backend resolved it for this step (True
+        when the step runs as multi-tensor operations), so an algorithm whose torch.optim
+        multi-tensor path uses another formula can follow it.
+        """
+        switches = self.switches({**group, "foreach": foreach})
         return SimpleNamespace(
             **switches, **self.coefficients(backends.HostMath, backends.numbers(group, scalar, switches))
         )

@@ -12,7 +12,9 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
     for result in report["results"]:
         assert result["parameters"] == 3 * 16 * 16 and result["stream_bytes_per_s"] > 0
         contenders = result["contenders"]
-        torch_side = {"ours torch", "ours torch fused", "torch.optim for-loop", "torch.optim foreach", "torch.optim fused"}
+        torch_side = {
+            "ours default", "ours foreach", "ours fused", "torch.optim for-loop", "torch.optim foreach", "torch.optim fused"
+        }
         expected = torch_side | {"ours jax", "ours jax functional", "optax jit donated"}
         assert set(contenders) == expected
         for name, figures in contenders.items():
@@ -21,9 +23,11 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
             if not name.startswith("ours"):
                 assert figures["ratio_to"][name] == 1.0
             assert (figures["allocated_bytes_per_step"] is None) == (name not in torch_side)
-        # The eager rule allocates its intermediates; the fused step gathers into buffers it keeps.
+        # The planned default step and the fused step keep their buffers between steps; the
+        # for-loop allocates its temporaries.
         allocated = {name: contenders[name]["allocated_bytes_per_step"] for name in torch_side}
-        assert allocated["ours torch fused"] < allocated["ours torch"]
+        assert allocated["ours default"] < allocated["torch.optim for-loop"]
+        assert allocated["ours fused"] < allocated["torch.optim for-loop"]
 
 
 def test_the_table_names_each_set_and_contender(capsys):
@@ -37,5 +41,20 @@ def test_the_scaling_table_follows_each_contender_across_sizes(capsys):
     assert step_time.main(["--sets", "scale-1M,tiny", "--algorithms", "SGD", "--rounds", "1"]) == 0
     text = capsys.readouterr().out
     scaling = text[text.index("SGD scaling: ms per step at 768, 1,048,576 parameters (growth x1365.3)"):]
-    for contender in ("ours torch", "ours jax", "torch.optim fused", "optax jit donated"):
+    for contender in ("ours default", "ours foreach", "ours jax", "torch.optim fused", "optax jit donated"):
         assert f"\n  {contender} " in scaling
+
+
+def test_every_planned_algorithm_is_a_contender_without_jax(capsys):
+    assert step_time.main(["--sets", "tiny", "--algorithms", "all", "--rounds", "1", "--no-jax", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["algorithm"] for r in report["results"]] == list(step_time.OPTIONS)
+    for result in report["results"]:
+        assert {"ours default", "ours foreach", "torch.optim for-loop", "torch.optim foreach"} <= set(result["contenders"])
+
+
+def test_the_compiled_step_graph_count_is_reported(capsys):
+    assert step_time.main(["--graphs", "--algorithms", "SGD", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert set(results["SGD"]) == {"ours", "torch.optim"}
+    assert all(figures["graphs"] >= 1 for figures in results["SGD"].values())

@@ -1,0 +1,364 @@
+"""The torch backend's planned step: each rule traced once (``backends/plan.py``), run in place.
+
+A plan becomes a straight-line Python function over a bucket of parameters (same device,
+dtypes and state entries) in one of two forms:
+
+* **each** (``foreach=False``; the default on CPU): a loop over the bucket's parameters,
+  each result written by the kernel the rule's eager run calls, in place (``x.mul_(b)``) or
+  into its buffer (``torch.sqrt(v, out=w)``).  The same kernels in the same order: bit for
+  bit torch.optim's for-loop, with no allocation after the first step (intermediates live
+  in workspaces kept between steps, one per dtype and slot, as large as the largest tensor).
+* **foreach** (``foreach=True``; the default on CUDA): one ``torch._foreach_*`` call per
+  operation over the bucket's tensor lists, as torch.optim's multi-tensor path.
+  Intermediates are fresh lists, as there; operations without a multi-tensor kernel loop.
+
+What a plan cannot run keeps the unplanned path: sparse gradients, ``state_dtype`` widening,
+``differentiable=True``, a complex parameter whose rule creates state, and rules that are not
+elementwise (:class:`backends.plan.Untraceable`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from backends import HostMath, Rule, compute_dtype, is_switch
+from backends.plan import GRAD, PARAM, Plan, TracingOps, Untraceable, make_plan, state_buffer, trace
+
+# Operations with a multi-tensor kernel of the same name (``torch._foreach_<name>``).
+_FOREACH = {
+    "add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "sqrt", "rsqrt", "maximum", "abs", "sign", "neg",
+    "reciprocal", "pow",
+}
+# Operations whose in-place method (``x.<name>_``) computes what ``torch.<name>`` does.
+_IN_PLACE = _FOREACH - {"maximum"} | {"clamp"}
+
+
+@dataclass
+class Compiled:
+    """A plan and its code: ``run`` steps a bucket, ``scalars(h)`` evaluates its numbers."""
+
+    plan: Plan
+    run: Callable
+    scalars: Callable[[dict], tuple]
+    guards: Callable[[dict], tuple]
+    outcomes: tuple
+    source: str  # the generated code, for reading
+
+
+_plans: dict[tuple, list[Compiled] | None] = {}
+
+
+def infer(name: str, args: tuple, kwargs: dict) -> torch.Tensor:
+    """An operation's result as a meta tensor (its dtype and shape), from its operands'."""
+    host = lambda v: v.item() if isinstance(v, torch.Tensor) and v.device.type != "meta" else v  # noqa: E731
+    return getattr(torch, name)(*map(host, args), **{k: host(v) for k, v in kwargs.items()})
+
+
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype
+
+
+# -- code generation -----------------------------------------------------------------------
+
+
+def _names(plan: Plan) -> dict[str, str]:
+    keys = plan.state_keys + tuple(k for k in plan.created if k not in plan.state_keys)
+    names = {PARAM: "p", GRAD: "g"}
+    names.update({state_buffer(key): f"s{i}" for i, key in enumerate(keys)})
+    names.update({f"work{i}": f"w{i}" for i in range(len(plan.workspaces))})
+    return names
+
+
+def _argument(arg: tuple, names: dict[str, str]) -> str:
+    kind, value = arg
+    if kind == "buffer":
+        return names[value]
+    if kind == "scalar":
+        return f"k{value}"
+    return repr(value)
+
+
+def _call(instruction: Any, names: dict[str, str], skip: int = 0) -> tuple[list[str], str]:
+    """The operands as code, and the call's argument list without its first ``skip`` operands."""
+    args = [_argument(a, names) for a in instruction.args]
+    kwargs = [f"{k}={_argument(v, names)}" for k, v in instruction.kwargs.items()]
+    return args, ", ".join(args[skip:] + kwargs)
+
+
+def _each_lines(instruction: Any, names: dict[str, str]) -> list[str]:
+    """One instruction on single tensors, writing into ``names[dest]`` (no allocation)."""
+    dest, name = names[instruction.dest], instruction.name
+    args, call = _call(instruction, names)
+    first = instruction.args[0] if instruction.args else None
+    in_place = first == ("buffer", instruction.dest)
+    if name in ("copy", "clone"):
+        return [f"{dest}.copy_({args[0]})"]
+    if name == "zeros_like":
+        return [f"{dest}.zero_()"]
+    if name == "full_like":
+        return [f"{dest}.fill_({args[1]})"]
+    if name == "where":
+        condition, if_true, if_false = instruction.args
+        if if_true[0] != "buffer" and if_false[0] == "buffer":  # torch.where takes no out= with a number
+            lines = [] if if_false == ("buffer", instruction.dest) else [f"{dest}.copy_({args[2]})"]
+            return lines + [f"{dest}.masked_fill_({args[0]}, {args[1]})"]
+        if if_true[0] != "buffer" or if_false[0] != "buffer":
+            return [f"{dest}.copy_(torch.where({call}))"]
+    if in_place and name in _IN_PLACE:
+        return [f"{dest}.{name}_({_call(instruction, names, skip=1)[1]})"]
+    return [f"torch.{name}({call}, out={dest})"]
+
+
+def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str]) -> list[str]:
+    """One instruction over the bucket's tensor lists (upper-case names)."""
+    lists = {buffer: name.upper() for buffer, name in names.items()}
+    dest, name = lists[instruction.dest], instruction.name
+    args, call = _call(instruction, lists)
+    in_place = instruction.args and instruction.args[0] == ("buffer", instruction.dest)
+    fresh = instruction.dest in workspaces and not in_place
+    if name in _FOREACH:
+        if in_place:
+            return [f"torch._foreach_{name}_({call})"]
+        if fresh:
+            return [f"{dest} = torch._foreach_{name}({call})"]
+        return [f"torch._foreach_copy_({dest}, torch._foreach_{name}({call}))"]
+    if name in ("copy", "clone") and not fresh:
+        return [f"torch._foreach_copy_({dest}, {args[0]})"]
+    # No multi-tensor kernel: a loop over the tensors, as torch.optim's own loops.
+    operands = [lists[b] for kind, b in (*instruction.args, *instruction.kwargs.values()) if kind == "buffer"]
+    operands = list(dict.fromkeys(operands))
+    items = {buffer: name for buffer, name in names.items()}
+    zipped = ", ".join(operand.lower() for operand in operands)
+    if fresh:
+        _, single = _call(instruction, items)
+        expression = {"copy": "{0}.clone()", "clone": "{0}.clone()", "zeros_like": "torch.zeros_like({0})"}.get(name)
+        first = _argument(instruction.args[0], items)
+        value = expression.format(first) if expression else f"torch.{name}({single})"
+        return [f"{dest} = [{value} for {zipped}, in zip({', '.join(operands)})]"]
+    body = _each_lines(instruction, items)
+    loop_names = list(dict.fromkeys([dest.lower(), *(o.lower() for o in operands)]))
+    loop_lists = list(dict.fromkeys([dest, *operands]))
+    return [f"for {', '.join(loop_names)}, in zip({', '.join(loop_lists)}):"] + [f"    {line}" for line in body]
+
+
+def _generate(plan: Plan, foreach: bool) -> tuple[Callable, str]:
+    names = _names(plan)
+    state_names = [names[state_buffer(k)] for k in plan.state_keys] + [
+        names[state_buffer(k)] for k in plan.created if k not in plan.state_keys
+    ]
+    work_names = [names[f"work{i}"] for i in range(len(plan.workspaces))]
+    header = []
+    if plan.scalars:
+        header.append(f"{', '.join(f'k{i}' for i in range(len(plan.scalars)))}, = k")
+    if foreach:
+        if state_names:
+            header.append(f"{', '.join(n.upper() for n in state_names)}, = S")
+        workspaces = {f"work{i}" for i in range(len(plan.workspaces))}
+        body = [line for instruction in plan.instructions for line in _foreach_lines(instruction, names, workspaces)]
+        lines = ["def run(P, G, S, W, k):", *(f"    {line}" for line in header + body)]
+    else:
+        lists = ["P", "G", *(n.upper() for n in state_names + work_names)]
+        if state_names:
+            header.append(f"{', '.join(n.upper() for n in state_names)}, = S")
+        if work_names:
+            header.append(f"{', '.join(n.upper() for n in work_names)}, = W")
+        body = [line for instruction in plan.instructions for line in _each_lines(instruction, names)]
+        loop = f"for {', '.join(['p', 'g', *state_names, *work_names])}, in zip({', '.join(lists)}):"
+        lines = ["def run(P, G, S, W, k):", *(f"    {line}" for line in header), f"    {loop}"]
+        lines += [f"        {line}" for line in body]
+    source = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {"torch": torch}
+    exec(compile(source, f"<plan {hex(id(plan))}>", "exec"), namespace)
+    return namespace["run"], source
+
+
+def _evaluator(expressions: list[str]) -> Callable[[dict], tuple]:
+    return eval(f"lambda h: ({''.join(e + ', ' for e in expressions)})")  # expressions built by plan.Symbolic
+
+
+def compiled_plan(
+    rule: Rule, foreach: bool, metas: dict[str, torch.Tensor], layout: tuple, values: dict[str, Any]
+) -> Compiled | None:
+    """The plan for ``layout`` under these values of ``h``; None if the rule is untraceable.
+
+    Plans are kept per (rule, mode, layout, switches); among those, the first whose guards hold.
+    """
+    switches = tuple((k, v) for k, v in values.items() if _is_switch(v))
+    key = (rule.update, foreach, layout, switches)
+    known = _plans.get(key, [])
+    if known is None:
+        return None
+    for candidate in known:
+        if candidate.guards(values) == candidate.outcomes:
+            return candidate
+    numbers = {k: v for k, v in values.items() if not _is_switch(v)}
+    if not all(_is_number(v) for v in numbers.values()):
+        _plans[key] = None
+        return None
+    try:
+        traced = trace(rule.update, TracingOps, infer, metas, dict(switches), numbers)
+        plan = make_plan(traced, _same_kind)
+    except Untraceable:
+        _plans[key] = None
+        return None
+    run, source = _generate(plan, foreach)
+    guards = _evaluator([source for source, _ in plan.guards])
+    entry = Compiled(plan, run, _evaluator(plan.scalars), guards, tuple(o for _, o in plan.guards), source)
+    _plans.setdefault(key, []).append(entry)
+    return entry
+
+
+def _is_switch(value: Any) -> bool:
+    return is_switch(value) or isinstance(value, np.bool_)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0
+    return isinstance(value, (int, float))
+
+
+# -- stepping a group ----------------------------------------------------------------------
+
+
+class Workspaces:
+    """Flat buffers kept between steps, one per (device, dtype, slot), with views per shape."""
+
+    def __init__(self) -> None:
+        self.flat: dict[tuple, torch.Tensor] = {}
+        self.views: dict[tuple, torch.Tensor] = {}
+
+    def lists(self, plan: Plan, values: list[torch.Tensor]) -> tuple[list, ...]:
+        device, largest = values[0].device, max(v.numel() for v in values)
+        result = []
+        for slot, meta in enumerate(plan.workspaces):
+            key = (device, meta.dtype, slot)
+            flat = self.flat.get(key)
+            if flat is None or flat.numel() < largest:
+                flat = self.flat[key] = torch.empty(largest, dtype=meta.dtype, device=device)
+                self.views = {k: v for k, v in self.views.items() if k[0] != key}
+            views = []
+            for value in values:
+                shape = value.shape
+                view = self.views.get((key, shape))
+                if view is None:
+                    view = self.views[(key, shape)] = flat[: value.numel()].view(shape)
+                views.append(view)
+            result.append(views)
+        return tuple(result)
+
+
+def host_values(rule: Rule, h: Any, counters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``h`` with the schedule's scalars for these counters, as the Python numbers torch.optim
+    hands its kernels, and the advanced counters."""
+    scheduled, advanced = rule.schedule(HostMath, h, counters)
+    values = {k: float(v) if isinstance(v, np.floating) else v for k, v in {**vars(h), **scheduled}.items()}
+    return values, advanced
+
+
+def by_counters(rule: Rule, params: list, state: dict) -> list[list]:
+    """``params`` split by their counter values (read at once), as each set steps with one schedule."""
+    if not params:
+        return []
+    if not rule.counters:
+        return [params]
+    columns = []
+    for key in rule.counters:
+        counters = [state[p][key] for p in params]
+        if all(isinstance(c, torch.Tensor) for c in counters):
+            columns.append(torch.stack(counters).tolist())
+        else:
+            columns.append([float(c) for c in counters])
+    split: dict[tuple, list] = {}
+    for param, values in zip(params, zip(*columns)):
+        split.setdefault(values, []).append(param)
+    return list(split.values())
+
+
+def advance(helds: list, advanced: dict) -> None:
+    """Write the advanced counters (as the backend stores them) into every parameter's state:
+    one multi-tensor copy per tensor counter."""
+    for key, value in advanced.items():
+        current = [held[key] for held in helds]
+        if isinstance(value, torch.Tensor) and all(isinstance(c, torch.Tensor) for c in current):
+            if current:
+                torch._foreach_copy_(current, [value] * len(current))
+        else:  # a Python int counter (SparseAdam's step)
+            for held in helds:
+                held[key] = value
+
+
+def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memory: dict, foreach: bool) -> list:
+    """Step the planned part of one group; return the parameters left to the unplanned path."""
+    left, planned = [], []
+    for param in params:
+        if param.grad.is_sparse or compute_dtype(backend, rule, param) is not None:
+            left.append(param)
+        else:
+            planned.append(param)
+    workspaces = memory.setdefault("workspaces", Workspaces())
+    for members in by_counters(rule, planned, state):
+        counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
+        values, advanced = host_values(rule, h, counters)
+        stepped = []
+        for layout, bucket in _buckets(rule, members, state).items():
+            complex_view = layout[-1]
+            metas = _metas(bucket[0], state.get(bucket[0], {}), layout[3], complex_view)
+            entry = compiled_plan(rule, foreach, metas, layout, values)
+            if entry is None or (complex_view and entry.plan.created):
+                left += bucket
+                continue
+            _run(entry, bucket, state, workspaces, values, foreach, complex_view)
+            stepped += bucket
+        store = {k: backend.store_counter(v) for k, v in advanced.items()}
+        advance([state[p] for p in stepped if p in state], store)
+    return left
+
+
+def _buckets(rule: Rule, params: list, state: dict) -> dict[tuple, list]:
+    """``params`` by what a plan is made for: device, dtypes, state entries, complex view."""
+    buckets: dict[tuple, list] = {}
+    counters = rule.counters
+    for param in params:
+        held = state.get(param, {})
+        entries = tuple(
+            (key, value.dtype) for key, value in held.items() if key not in counters and isinstance(value, torch.Tensor)
+        )
+        complex_view = rule.real_view and param.is_complex()
+        layout = (param.device, param.dtype, param.grad.dtype, entries, complex_view)
+        buckets.setdefault(layout, []).append(param)
+    return buckets
+
+
+def _metas(param: torch.Tensor, held: dict, entries: tuple, complex_view: bool) -> dict[str, torch.Tensor]:
+    def meta(tensor: torch.Tensor) -> torch.Tensor:
+        if complex_view:
+            tensor = torch.view_as_real(tensor.detach())
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+    return {PARAM: meta(param), GRAD: meta(param.grad), **{state_buffer(k): meta(held[k]) for k, _ in entries}}
+
+
+def _run(
+    entry: Compiled, bucket: list, state: dict, workspaces: Workspaces, values: dict, foreach: bool, complex_view: bool
+) -> None:
+    plan = entry.plan
+    grads = [p.grad for p in bucket]
+    helds = [state.get(p) for p in bucket]
+    for key, meta in plan.created.items():
+        for param, grad, held in zip(bucket, grads, helds):
+            if held is None:
+                held = state[param] = {}
+            held[key] = torch.empty_like(grad, dtype=meta.dtype)
+        helds = [state[p] for p in bucket]
+    keys = plan.state_keys + tuple(k for k in plan.created if k not in plan.state_keys)
+    lists = [bucket, grads] + [[held[key] for held in helds] for key in keys]
+    if complex_view:
+        lists = [[torch.view_as_real(t.detach()) for t in tensors] for tensors in lists]
+    params, grads, *states = lists
+    work = () if foreach else workspaces.lists(plan, params)
+    entry.run(params, grads, states, work, entry.scalars(values))

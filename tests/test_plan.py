@@ -1,0 +1,283 @@
+"""The planned torch step (``backends/plan.py``, ``backends/torch_plan.py``).
+
+The default path runs each rule's plan in place, and ``foreach=True`` runs it as multi-tensor
+operations: each must be torch.optim's corresponding path bit for bit, in every dtype, through
+the events that move parameters and state under a plan (groups added, state loaded, ``p.data``
+replaced, parameters skipping steps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import optimizers
+from backends import plan as planning
+from backends import torch_plan
+from tests.registry import REGISTRY
+from tests.strategies import problems
+
+# The rules a plan runs; Adafactor (norms) and Muon (matrix products) are not elementwise.
+PLANNED = [entry for entry in REGISTRY.values() if entry.name not in ("Adafactor", "Muon")]
+# torch.optim's multi-tensor ASGD computes eta in float32 tensor arithmetic and the update as
+# p - eta * (g + lambd * p); ours runs its for-loop formula in both modes (README), so with
+# foreach=True it is compared with torch.optim's for-loop.
+FOREACH_FORMULA_NOT_FOLLOWED = {"ASGD"}
+DTYPES = ["float32", "float64", "bfloat16", "float16"]
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit.  Complex tensors to 4 ulps of their scale: on views of complex tensors ATen
+    takes other loops than on real ones (scalar instead of vectorized sqrt and lerp), and
+    torch.optim views the parameter, gradient and state where our workspaces are real, so
+    results differ in the last bits and in the signs of zeros (as they did before plans)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_complex():
+        a, b = torch.view_as_real(a.detach()), torch.view_as_real(b.detach())
+        scale = max(float(b.abs().max()), 1e-30) if b.numel() else 1.0
+        return torch.equal(a.isnan(), b.isnan()) and bool(
+            ((a - b).nan_to_num().abs() <= 4 * torch.finfo(a.dtype).eps * scale).all()
+        )
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.detach().view(bits), b.detach().view(bits))
+
+
+def assert_same_run(ours, reference, our_params, reference_params, step: int) -> None:
+    for index, (a, b) in enumerate(zip(our_params, reference_params)):
+        assert same_bits(a, b), f"step {step}, parameter {index}: {a} != {b}"
+    for index, (a, b) in enumerate(zip(our_params, reference_params)):
+        ours_state, expected = ours.state.get(a, {}), reference.state.get(b, {})
+        assert list(ours_state) == list(expected), (step, index, list(ours_state), list(expected))
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert same_bits(ours_state[key], value), f"step {step}, parameter {index}, {key}"
+
+
+@st.composite
+def events(draw, steps: int, groups: int) -> dict:
+    """Mid-run events: at which step each happens (None: never)."""
+    moment = st.one_of(st.none(), st.integers(1, max(1, steps - 1)))
+    return dict(
+        add_group=draw(moment) if groups > 1 else None,
+        reload=draw(moment),
+        new_data=draw(moment),
+    )
+
+
+def build(cls, tensors, groups, kwargs):
+    return cls([{"params": [tensors[i] for i in g]} for g in groups], **kwargs)
+
+
+# ASGD with foreach=True runs multi-tensor kernels on its for-loop formula: equal to neither of
+# torch.optim's paths in 16 bits (_foreach_mul_ rounds the scalar there), so not compared.
+CASES = [
+    pytest.param(entry, dtype, foreach, id=f"{entry.name}-{dtype}-{'foreach' if foreach else 'default'}")
+    for entry in PLANNED
+    for dtype in DTYPES
+    for foreach in (False, True)
+    if not (foreach and entry.name in FOREACH_FORMULA_NOT_FOLLOWED and dtype in ("bfloat16", "float16"))
+]
+
+
+@pytest.mark.parametrize("entry, dtype, foreach", CASES)
+@given(data=st.data())
+def test_planned_step_is_torch_optim_bit_for_bit(entry, dtype, foreach, data):
+    """Default path = torch.optim ``foreach=False``, ``foreach=True`` = torch.optim ``foreach=True``."""
+    wide = "float64" if dtype == "float64" else "float32"
+    # When some parameters of a group lack a momentum buffer, torch.optim's multi-tensor SGD steps
+    # the whole group with single-tensor mul_, which rounds a 16-bit buffer times momentum
+    # differently from _foreach_mul_ (README); ours keeps the multi-tensor kernel.
+    mixed_buffers = not (entry.name == "SGD" and foreach and dtype in ("bfloat16", "float16"))
+    problem = data.draw(problems(wide, missing_grads=mixed_buffers, **entry.problem_options), label="problem")
+    kwargs = data.draw(entry.hyperparameters, label="hyperparameters")
+    torch_dtype = getattr(torch, dtype)
+    # torch.optim adds a complex parameter's L2 decay in complex arithmetic (no fused
+    # multiply-add), ours on its real view: 1 ulp apart on about a fifth of the elements.
+    as_complex = (
+        dtype in ("float32", "float64")
+        and entry.ours.complex_parameters_error is None
+        and not kwargs.get("weight_decay")
+        and data.draw(st.booleans(), label="complex parameters")
+    )
+
+    def tensor(array):
+        value = torch.from_numpy(np.array(array)).to(torch_dtype)
+        return torch.complex(value, 0.5 * value) if as_complex else value
+
+    moments = data.draw(events(problem.steps, len(problem.groups)), label="events")
+    if set(entry.ours.counters) - {"step"} and dtype != "float32":
+        # torch.optim casts float32 counters other than step (NAdam's mu_product, ASGD's eta and
+        # mu) to the parameter's dtype on load; ours keeps a counter's dtype
+        # (Optimizer.load_state_dict), so a resumed run is the uninterrupted one.
+        moments["reload"] = None
+    sides = []
+    reference_foreach = foreach and entry.name not in FOREACH_FORMULA_NOT_FOLLOWED
+    for cls, mode in ((entry.ours, foreach), (entry.reference, reference_foreach)):
+        tensors = [tensor(p).requires_grad_() for p in problem.params]
+        options = dict(kwargs, foreach=mode)
+        present = problem.groups[:-1] if moments["add_group"] is not None else problem.groups
+        sides.append([cls, tensors, build(cls, tensors, present, options)])
+    for step, row in enumerate(problem.grads):
+        for side, mode in zip(sides, (foreach, reference_foreach)):
+            cls, tensors, optimizer = side
+            options = dict(kwargs, foreach=mode)
+            if step == moments["add_group"]:
+                optimizer.add_param_group({"params": [tensors[i] for i in problem.groups[-1]]})
+            if step == moments["reload"]:
+                saved = optimizer.state_dict()
+                optimizer = side[2] = build(cls, tensors, problem.groups[: len(saved["param_groups"])], options)
+                optimizer.load_state_dict(saved)
+            if step == moments["new_data"]:
+                tensors[0].data = tensors[0].data.clone()
+            for t, grad in zip(tensors, row):
+                t.grad = None if grad is None else tensor(grad)
+            optimizer.step()
+        assert_same_run(sides[0][2], sides[1][2], sides[0][1], sides[1][1], step)
+
+
+def test_every_planned_algorithm_runs_a_plan():
+    """The default and foreach paths of the planned algorithms do not fall back to the eager rule."""
+    for entry in PLANNED:
+        for foreach in (False, True):
+            before = len([k for k, v in torch_plan._plans.items() if v and k[0] is entry.ours.update])
+            params = [torch.randn(3, 2, requires_grad=True), torch.randn(4, requires_grad=True)]
+            optimizer = entry.ours(params, foreach=foreach)
+            for _ in range(2):
+                for p in params:
+                    p.grad = torch.randn_like(p)
+                optimizer.step()
+            planned = {k: v for k, v in torch_plan._plans.items() if k[0] is entry.ours.update and k[1] == foreach}
+            assert planned and all(v is not None for v in planned.values()), (entry.name, foreach)
+            assert len([k for k, v in torch_plan._plans.items() if v and k[0] is entry.ours.update]) >= before
+
+
+@pytest.mark.parametrize("entry", PLANNED, ids=repr)
+def test_a_planned_step_allocates_nothing_after_the_first(entry):
+    """Intermediates live in workspaces kept between steps (the profiler's count)."""
+    params = [torch.randn(64, 64, requires_grad=True) for _ in range(20)]
+    optimizer = entry.ours(params)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    with torch.profiler.profile(profile_memory=True) as profile:
+        optimizer.step()
+    allocated = sum(max(event.self_cpu_memory_usage, 0) for event in profile.events())
+    assert allocated < 64 * 64 * 4, (entry.name, allocated)  # less than one parameter's worth
+
+
+def test_adam_plan_runs_in_place():
+    """Adam's plan is torch.optim's for-loop: moments and parameter in place, one workspace for
+    the denominator, no copies."""
+    params = [torch.randn(5, requires_grad=True)]
+    params[0].grad = torch.randn(5)
+    optimizers.Adam(params).step()
+    switches = {"amsgrad": False, "maximize": False, "l2": False, "decoupled_decay": False}
+    (entry,) = [v[0] for k, v in torch_plan._plans.items() if v and k[0] is optimizers.Adam.update and not k[1]
+                and dict(k[3]) == switches and k[2][1] == torch.float32]
+    assert len(entry.plan.workspaces) == 1
+    assert [i.name for i in entry.plan.instructions] == ["lerp", "mul", "addcmul", "sqrt", "div", "add", "addcdiv"]
+    assert [i.dest for i in entry.plan.instructions] == [
+        "state:exp_avg", "state:exp_avg_sq", "state:exp_avg_sq", "work0", "work0", "work0", "param"
+    ]
+
+
+# -- trace-level cases ---------------------------------------------------------------------
+
+
+class _Rule(optimizers.Optimizer):
+    """A test rule: ``update`` set per subclass; one state entry ``a`` starting at 1."""
+
+    def __init__(self, params, lr=0.5):
+        super().__init__(params, dict(lr=lr, foreach=None, differentiable=False))
+
+    @staticmethod
+    def coefficients(math, numbers):
+        return dict(lr=numbers["lr"])
+
+    @staticmethod
+    def initial_state(ops, param, h):
+        return {"a": ops.full_like(param, 1.0)}
+
+
+class ReadsOldStateLate(_Rule):
+    @staticmethod
+    def update(ops, param, grad, state, h):
+        new_a = ops.add(state["a"], grad)  # its home holds the old a, still read below
+        return ops.add(param, state["a"] * h.lr), {"a": new_a}
+
+
+class Norms(_Rule):
+    @staticmethod
+    def update(ops, param, grad, state, h):
+        return ops.add(param, grad, alpha=-h.lr / (ops.scalar(ops.norm(grad)) + 1)), state
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_result_read_after_its_input_is_overwritten_is_right(foreach):
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    p.grad = torch.tensor([10.0, 20.0])
+    optimizer = ReadsOldStateLate([p], lr=0.5)
+    optimizer.param_groups[0]["foreach"] = foreach
+    optimizer.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([1.5, 2.5]), rtol=0, atol=0)
+    torch.testing.assert_close(optimizer.state[p]["a"], torch.tensor([11.0, 21.0]), rtol=0, atol=0)
+
+
+def test_an_untraceable_rule_falls_back_and_steps_right():
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    p.grad = torch.tensor([1.0, 2.0])
+    optimizer = Norms([p], lr=0.5)
+    optimizer.step()
+    shrink = 0.5 / (5**0.5 + 1)
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0 - shrink, 2.0 - 2 * shrink]))
+    assert any(v is None for k, v in torch_plan._plans.items() if k[0] is Norms.update)
+
+
+def test_a_trace_records_guards_and_plans_each_outcome():
+    """ASGD's ``mu != 1`` is a guard: a plan per outcome, chosen each step."""
+    p = torch.randn(4, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ours, reference = optimizers.ASGD([p], t0=2), torch.optim.ASGD([q], t0=2, foreach=False)
+    for _ in range(6):
+        grad = torch.randn(4)
+        p.grad, q.grad = grad.clone(), grad.clone()
+        ours.step()
+        reference.step()
+        assert same_bits(p, q) and same_bits(ours.state[p]["ax"], reference.state[q]["ax"])
+    outcomes = {c.outcomes for k, v in torch_plan._plans.items() if v and k[0] is optimizers.ASGD.update for c in v}
+    assert {(False,), (True,)} <= outcomes
+
+
+def test_symbolic_numbers_evaluate_as_python_does():
+    tracer = planning.Tracer(torch_plan.infer)
+    lr = planning.Symbolic("h['lr']", 0.1, tracer)
+    expression = (1 - lr * 3) ** 0.5 / -lr
+    assert eval(f"lambda h: {expression.source}")({"lr": 0.1}) == (1 - 0.1 * 3) ** 0.5 / -0.1
+    assert (lr > 0.05) is True and tracer.guards == [("bool(h['lr'] > 0.05)", True)]
+    with pytest.raises(planning.Untraceable):
+        float(lr)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("entry", PLANNED, ids=repr)
+def test_cuda_foreach_is_torch_optim_foreach_and_the_default(entry):
+    """On CUDA ``foreach=None`` selects the multi-tensor plan, bit for bit torch.optim's."""
+    torch.manual_seed(0)
+    shapes = [(7, 5), (13,), (4, 4), ()]
+    ours_params = [torch.randn(s, device="cuda", requires_grad=True) for s in shapes]
+    reference_params = [p.detach().clone().requires_grad_() for p in ours_params]
+    reference_foreach = entry.name not in FOREACH_FORMULA_NOT_FOLLOWED
+    ours, reference = entry.ours(ours_params), entry.reference(reference_params, foreach=reference_foreach)
+    assert ours._backend.foreach(ours.param_groups[0], ours_params)
+    for step in range(5):
+        for a, b in zip(ours_params, reference_params):
+            grad = torch.randn_like(a)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        reference.step()
+        assert_same_run(ours, reference, ours_params, reference_params, step)
