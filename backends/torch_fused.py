@@ -28,8 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import HostMath, Rule, compute_dtype, is_switch
+from backends import Rule, compute_dtype, is_switch
 from backends.torch_ops import TorchOps
+from backends.torch_plan import advance, by_counters, host_values
 
 # Elements from which a parameter is stepped through its own call rather than gathered into a
 # bucket: there a call's fixed cost (about 40 us) is below what gathering and scattering it costs.
@@ -189,10 +190,9 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     this machine cannot compile.
     """
     left = [p for p in params if p.grad.is_sparse]
-    for members in _by_counters(rule, [p for p in params if not p.grad.is_sparse] if left else params, state):
+    for members in by_counters(rule, [p for p in params if not p.grad.is_sparse] if left else params, state):
         counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
-        scheduled, advanced = rule.schedule(HostMath, h, counters)
-        values = {**vars(h), **scheduled}
+        values, advanced = host_values(rule, h, counters)
         names = tuple(k for k, v in values.items() if _is_number(v))
         switches = tuple((k, v) for k, v in values.items() if k not in names)
         # A 0-d tensor lr enters as its value, as ATen reads a Scalar.
@@ -207,7 +207,7 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
             for key, flat in created.items():  # a first momentum buffer may be the gradient itself: a copy
                 for param, view in zip(piece.params, _shaped(flat.clone(), piece.params)):
                     state.setdefault(param, {})[key] = view
-        _advance([state[p] for p in stepped if p in state], {k: backend.store_counter(v) for k, v in advanced.items()})
+        advance([state[p] for p in stepped if p in state], {k: backend.store_counter(v) for k, v in advanced.items()})
     return left
 
 
@@ -254,37 +254,6 @@ def _run(kernel: Callable, *args: Any) -> dict | None:
 def _state_keys(rule: Rule, held: dict | None) -> tuple:
     """The state entries a kernel reads and writes: arrays, not counters (nor a None buffer)."""
     return tuple(k for k, v in (held or {}).items() if k not in rule.counters and isinstance(v, torch.Tensor))
-
-
-def _by_counters(rule: Rule, params: list, state: dict) -> list[list]:
-    """``params`` split by their counter values (read at once), as each set steps with one schedule."""
-    if not params:
-        return []
-    if not rule.counters:
-        return [params]
-    columns = []
-    for key in rule.counters:
-        counters = [state[p][key] for p in params]
-        if all(isinstance(c, torch.Tensor) for c in counters):
-            columns.append(torch.stack(counters).tolist())
-        else:
-            columns.append([float(c) for c in counters])
-    split: dict[tuple, list] = {}
-    for param, values in zip(params, zip(*columns)):
-        split.setdefault(values, []).append(param)
-    return list(split.values())
-
-
-def _advance(helds: list, advanced: dict) -> None:
-    """Write the advanced counters (as the backend stores them) into every parameter's state:
-    one multi-tensor copy per tensor counter."""
-    for key, value in advanced.items():
-        current = [held[key] for held in helds]
-        if isinstance(value, torch.Tensor) and all(isinstance(c, torch.Tensor) for c in current):
-            torch._foreach_copy_(current, [value] * len(current))
-        else:  # a Python int counter (SparseAdam's step)
-            for held in helds:
-                held[key] = value
 
 
 def _is_number(value: Any) -> bool:

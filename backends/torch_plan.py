@@ -131,15 +131,14 @@ def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str]
     # No multi-tensor kernel: a loop over the tensors, as torch.optim's own loops.
     operands = [lists[b] for kind, b in (*instruction.args, *instruction.kwargs.values()) if kind == "buffer"]
     operands = list(dict.fromkeys(operands))
-    items = {buffer: name for buffer, name in names.items()}
     zipped = ", ".join(operand.lower() for operand in operands)
     if fresh:
-        _, single = _call(instruction, items)
+        _, single = _call(instruction, names)
         expression = {"copy": "{0}.clone()", "clone": "{0}.clone()", "zeros_like": "torch.zeros_like({0})"}.get(name)
-        first = _argument(instruction.args[0], items)
+        first = _argument(instruction.args[0], names)
         value = expression.format(first) if expression else f"torch.{name}({single})"
         return [f"{dest} = [{value} for {zipped}, in zip({', '.join(operands)})]"]
-    body = _each_lines(instruction, items)
+    body = _each_lines(instruction, names)
     loop_names = list(dict.fromkeys([dest.lower(), *(o.lower() for o in operands)]))
     loop_lists = list(dict.fromkeys([dest, *operands]))
     return [f"for {', '.join(loop_names)}, in zip({', '.join(loop_lists)}):"] + [f"    {line}" for line in body]

@@ -264,13 +264,18 @@ class Adamax(Optimizer):
         )
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
 
-    switches = staticmethod(_switches)
+    @staticmethod
+    def switches(group):
+        return dict(_switches(group), foreach=bool(group["foreach"]))
+
     coefficients = staticmethod(_coefficients)
 
     @staticmethod
     def schedule(math, h, counters):
         step = counters["step"] + 1
-        return dict(clr=h.lr / (1 - h.beta1 ** math.float(step))), {"step": step}
+        # torch.optim's multi-tensor Adamax reads a tensor lr as a Python float first.
+        lr = math.float(h.lr) if h.foreach else h.lr
+        return dict(clr=lr / (1 - h.beta1 ** math.float(step))), {"step": step}
 
     @staticmethod
     def initial_state(ops, param, h):
@@ -357,10 +362,12 @@ class NAdam(Optimizer):
         mu_product = counters["mu_product"] * math.cast_like(mu, counters["mu_product"])
         mu_product_next = math.float(mu_product) * mu_next
         bias_correction2 = 1 - h.beta2**t
+        # torch.optim's multi-tensor NAdam reads a tensor lr as a Python float first.
+        lr = math.float(h.lr) if h.foreach else h.lr
         return dict(
             {"bias_correction2_sqrt": bias_correction2**0.5} if h.foreach else {"bias_correction2": bias_correction2},
-            grad_step=-h.lr * (1.0 - mu) / (1.0 - math.float(mu_product)),
-            momentum_step=(-h.lr * mu_next) / (1.0 - mu_product_next),
+            grad_step=-lr * (1.0 - mu) / (1.0 - math.float(mu_product)),
+            momentum_step=(-lr * mu_next) / (1.0 - mu_product_next),
         ), {"step": step, "mu_product": mu_product}
 
     @staticmethod

@@ -23,11 +23,12 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
             if not name.startswith("ours"):
                 assert figures["ratio_to"][name] == 1.0
             assert (figures["allocated_bytes_per_step"] is None) == (name not in torch_side)
-        # The planned default step and the fused step keep their buffers between steps; the
-        # for-loop allocates its temporaries.
+        # The planned default step and the fused step keep their buffers between steps (less
+        # than one parameter's worth is allocated); Adam's for-loop allocates its temporaries.
         allocated = {name: contenders[name]["allocated_bytes_per_step"] for name in torch_side}
-        assert allocated["ours default"] < allocated["torch.optim for-loop"]
-        assert allocated["ours fused"] < allocated["torch.optim for-loop"]
+        assert allocated["ours default"] < 16 * 16 * 4 and allocated["ours fused"] < 16 * 16 * 4
+        if result["algorithm"] == "Adam":
+            assert allocated["torch.optim for-loop"] >= 16 * 16 * 4
 
 
 def test_the_table_names_each_set_and_contender(capsys):

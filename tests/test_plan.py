@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import optimizers
 from backends import plan as planning
 from backends import torch_plan
+from tests.harness import raised
 from tests.registry import REGISTRY
 from tests.strategies import problems
 
@@ -43,7 +44,8 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
             ((a - b).nan_to_num().abs() <= 4 * torch.finfo(a.dtype).eps * scale).all()
         )
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return torch.equal(a.detach().view(bits), b.detach().view(bits))
+    nan = a.detach().isnan()  # a NaN's sign and payload are not part of the contract
+    return torch.equal(nan, b.detach().isnan()) and torch.equal(a.detach()[~nan].view(bits), b.detach()[~nan].view(bits))
 
 
 def assert_same_run(ours, reference, our_params, reference_params, step: int) -> None:
@@ -94,6 +96,10 @@ def test_planned_step_is_torch_optim_bit_for_bit(entry, dtype, foreach, data):
     mixed_buffers = not (entry.name == "SGD" and foreach and dtype in ("bfloat16", "float16"))
     problem = data.draw(problems(wide, missing_grads=mixed_buffers, **entry.problem_options), label="problem")
     kwargs = data.draw(entry.hyperparameters, label="hyperparameters")
+    if entry.name == "ASGD" and dtype in ("bfloat16", "float16"):
+        # torch.optim multiplies by its float32 0-d state tensor mu, which a 16-bit kernel rounds
+        # to 16 bits; ours by the Python float, as in float32 and float64 (README).
+        kwargs["t0"] = 1e6
     torch_dtype = getattr(torch, dtype)
     # torch.optim adds a complex parameter's L2 decay in complex arithmetic (no fused
     # multiply-add), ours on its real view: 1 ulp apart on about a fifth of the elements.
@@ -114,29 +120,36 @@ def test_planned_step_is_torch_optim_bit_for_bit(entry, dtype, foreach, data):
         # mu) to the parameter's dtype on load; ours keeps a counter's dtype
         # (Optimizer.load_state_dict), so a resumed run is the uninterrupted one.
         moments["reload"] = None
-    sides = []
+    lr_array = entry.tensor_lr and data.draw(st.booleans(), label="lr as a one-element tensor")
     reference_foreach = foreach and entry.name not in FOREACH_FORMULA_NOT_FOLLOWED
+    sides = []
     for cls, mode in ((entry.ours, foreach), (entry.reference, reference_foreach)):
         tensors = [tensor(p).requires_grad_() for p in problem.params]
         options = dict(kwargs, foreach=mode)
+        if lr_array:
+            options["lr"] = torch.tensor(kwargs["lr"])
         present = problem.groups[:-1] if moments["add_group"] is not None else problem.groups
-        sides.append([cls, tensors, build(cls, tensors, present, options)])
+        sides.append([cls, tensors, options, raised(lambda: build(cls, tensors, present, options))])
+    if sides[1][3] is not None:  # Adam and AdamW refuse a tensor lr with foreach=True
+        assert sides[0][3][:2] == sides[1][3][:2]
+        return
+    for side in sides:
+        side[3] = build(side[0], side[1], present, side[2])
     for step, row in enumerate(problem.grads):
-        for side, mode in zip(sides, (foreach, reference_foreach)):
-            cls, tensors, optimizer = side
-            options = dict(kwargs, foreach=mode)
+        for side in sides:
+            cls, tensors, options, optimizer = side
             if step == moments["add_group"]:
                 optimizer.add_param_group({"params": [tensors[i] for i in problem.groups[-1]]})
             if step == moments["reload"]:
                 saved = optimizer.state_dict()
-                optimizer = side[2] = build(cls, tensors, problem.groups[: len(saved["param_groups"])], options)
+                optimizer = side[3] = build(cls, tensors, problem.groups[: len(saved["param_groups"])], options)
                 optimizer.load_state_dict(saved)
             if step == moments["new_data"]:
                 tensors[0].data = tensors[0].data.clone()
             for t, grad in zip(tensors, row):
                 t.grad = None if grad is None else tensor(grad)
             optimizer.step()
-        assert_same_run(sides[0][2], sides[1][2], sides[0][1], sides[1][1], step)
+        assert_same_run(sides[0][3], sides[1][3], sides[0][1], sides[1][1], step)
 
 
 def test_every_planned_algorithm_runs_a_plan():

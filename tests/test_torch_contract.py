@@ -192,16 +192,16 @@ SETTINGS = [
 
 @pytest.mark.parametrize("name, kwargs", SETTINGS, ids=[f"{n}-{k}" for n, k in SETTINGS])
 def test_training_and_state_dict_equal_torch_optim(name, kwargs):
-    """Bit for bit against torch.optim's single-tensor path, the ground truth.
-
-    ``foreach`` is accepted and kept in the param groups but selects no other arithmetic.
+    """Bit for bit against torch.optim's single-tensor path, the ground truth, and with
+    ``foreach=True`` against its multi-tensor path (whose NAdam, RAdam and Adagrad formulas
+    differ from the single-tensor ones; tests/test_plan.py covers every dtype).
     ``fused=True`` runs the compiled loop (tests/test_fused.py), which rounds as a fused
     kernel does: it is held to torch.optim's fused kernels at float64's tolerance against
     torch.optim (torch's own fused and single-tensor paths differ by ulps too).
     """
     ours, ours_opt, _ = train(getattr(optimizers, name), **kwargs)
     fused = bool(kwargs.get("fused"))
-    reference = kwargs if fused else dict(kwargs, foreach=False)
+    reference = kwargs if fused else dict(kwargs, foreach=bool(kwargs.get("foreach")))
     theirs, theirs_opt, _ = train(getattr(torch.optim, name), **reference)
     tolerance = dict(rtol=1e-12, atol=1e-12) if fused else dict(rtol=0, atol=0)
     for a, b in zip(ours, theirs):
