@@ -125,16 +125,13 @@ class TorchBackend:
         the like, not the CPU) and the step is not differentiable.  A sparse gradient
         keeps the group on single tensors, as torch.optim's multi-tensor paths do.
         """
-        if any(p.grad is not None and p.grad.is_sparse for p in params):
-            return False  # multi-tensor kernels take dense tensors; torch.optim loops here too
         chosen = group.get("foreach")
-        if chosen is not None:
-            return bool(chosen)
-        if group.get("differentiable") or group.get("fused"):
-            return False
-        return all(
-            type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in _FOREACH_DEVICES for p in params
-        )
+        if chosen is None:
+            chosen = not (group.get("differentiable") or group.get("fused")) and all(
+                type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in _FOREACH_DEVICES for p in params
+            )
+        # Multi-tensor kernels take dense tensors; torch.optim loops over sparse gradients too.
+        return bool(chosen) and not any(p.grad is not None and p.grad.is_sparse for p in params)
 
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         for group, params, h in work:

@@ -19,6 +19,7 @@ elementwise (:class:`backends.plan.Untraceable`).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -180,9 +181,11 @@ def _evaluator(expressions: list[str]) -> Callable[[dict], tuple]:
 
 
 def compiled_plan(
-    rule: Rule, foreach: bool, metas: dict[str, torch.Tensor], layout: tuple, values: dict[str, Any]
+    rule: Rule, foreach: bool, metas: Callable[[], dict[str, torch.Tensor]], layout: tuple, values: dict[str, Any]
 ) -> Compiled | None:
     """The plan for ``layout`` under these values of ``h``; None if the rule is untraceable.
+
+    ``metas()`` gives the inputs' metadata (meta tensors), needed only to trace.
 
     Plans are kept per (rule, mode, layout, switches); among those, the first whose guards hold.
     """
@@ -199,7 +202,7 @@ def compiled_plan(
         _plans[key] = None
         return None
     try:
-        traced = trace(rule.update, TracingOps, infer, metas, dict(switches), numbers)
+        traced = trace(rule.update, TracingOps, infer, metas(), dict(switches), numbers)
         plan = make_plan(traced, _same_kind)
     except Untraceable:
         _plans[key] = None
@@ -225,27 +228,34 @@ def _is_number(value: Any) -> bool:
 
 
 class Workspaces:
-    """Flat buffers kept between steps, one per (device, dtype, slot), with views per shape."""
+    """Flat buffers kept between steps, one per (device, dtype, slot), with views per shape.
+
+    ``generation`` counts the times a buffer grew: views made before that are stale.
+    """
 
     def __init__(self) -> None:
         self.flat: dict[tuple, torch.Tensor] = {}
         self.views: dict[tuple, torch.Tensor] = {}
+        self.generation = 0
 
     def lists(self, plan: Plan, values: list[torch.Tensor]) -> tuple[list, ...]:
+        """Per workspace of ``plan``, a view shaped like each of ``values``."""
         device, largest = values[0].device, max(v.numel() for v in values)
-        result = []
         for slot, meta in enumerate(plan.workspaces):
             key = (device, meta.dtype, slot)
             flat = self.flat.get(key)
             if flat is None or flat.numel() < largest:
-                flat = self.flat[key] = torch.empty(largest, dtype=meta.dtype, device=device)
+                self.flat[key] = torch.empty(largest, dtype=meta.dtype, device=device)
                 self.views = {k: v for k, v in self.views.items() if k[0] != key}
+                self.generation += 1
+        result = []
+        for slot, meta in enumerate(plan.workspaces):
+            key = (device, meta.dtype, slot)
             views = []
             for value in values:
-                shape = value.shape
-                view = self.views.get((key, shape))
+                view = self.views.get((key, value.shape))
                 if view is None:
-                    view = self.views[(key, shape)] = flat[: value.numel()].view(shape)
+                    view = self.views[(key, value.shape)] = self.flat[key][: value.numel()].view(value.shape)
                 views.append(view)
             result.append(views)
         return tuple(result)
@@ -279,8 +289,11 @@ def by_counters(rule: Rule, params: list, state: dict) -> list[list]:
 
 
 def advance(helds: list, advanced: dict) -> None:
-    """Write the advanced counters (as the backend stores them) into every parameter's state:
-    one multi-tensor copy per tensor counter."""
+    """Write the advanced counters (as the backend stores them) into every parameter's state
+    (``helds``: the state dicts, None for a parameter without state): one multi-tensor copy
+    per tensor counter."""
+    if advanced and None in helds:
+        helds = [held for held in helds if held is not None]
     for key, value in advanced.items():
         current = [held[key] for held in helds]
         if isinstance(value, torch.Tensor) and all(isinstance(c, torch.Tensor) for c in current):
@@ -293,71 +306,110 @@ def advance(helds: list, advanced: dict) -> None:
 
 def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memory: dict, foreach: bool) -> list:
     """Step the planned part of one group; return the parameters left to the unplanned path."""
-    left, planned = [], []
-    for param in params:
-        if param.grad.is_sparse or compute_dtype(backend, rule, param) is not None:
-            left.append(param)
-        else:
-            planned.append(param)
+    left: list = []
+    planned = params
+    if rule.state_dtype or any(map(_IS_SPARSE, map(_GRAD, params))):
+        planned = [p for p in params if not (p.grad.is_sparse or compute_dtype(backend, rule, p))]
+        left = [p for p in params if p.grad.is_sparse or compute_dtype(backend, rule, p)]
     workspaces = memory.setdefault("workspaces", Workspaces())
     for members in by_counters(rule, planned, state):
         counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
         values, advanced = host_values(rule, h, counters)
-        stepped = []
-        for layout, bucket in _buckets(rule, members, state).items():
-            complex_view = layout[-1]
-            metas = _metas(bucket[0], state.get(bucket[0], {}), layout[3], complex_view)
-            entry = compiled_plan(rule, foreach, metas, layout, values)
-            if entry is None or (complex_view and entry.plan.created):
-                left += bucket
-                continue
-            _run(entry, bucket, state, workspaces, values, foreach, complex_view)
-            stepped += bucket
         store = {k: backend.store_counter(v) for k, v in advanced.items()}
-        advance([state[p] for p in stepped if p in state], store)
+        for bucket in _buckets(rule, members, state, memory):
+            entry = compiled_plan(rule, foreach, bucket.metas, bucket.layout, values)
+            if entry is None or (bucket.complex_view and entry.plan.created):
+                left += bucket.params
+                continue
+            bucket.run(entry, state, workspaces, values, foreach)
+            if entry.plan.created:  # the state has new entries: the next step sorts anew
+                memory.pop(("buckets", tuple(map(id, members))), None)
+            advance(bucket.helds, store)
     return left
 
 
-def _buckets(rule: Rule, params: list, state: dict) -> dict[tuple, list]:
-    """``params`` by what a plan is made for: device, dtypes, state entries, complex view."""
-    buckets: dict[tuple, list] = {}
-    counters = rule.counters
-    for param in params:
-        held = state.get(param, {})
+class Bucket:
+    """Parameters one plan steps together: same device, dtypes, state entries and complex view.
+
+    It keeps their state tensors in lists between steps, and the workspace views of the plans it
+    ran; :meth:`holds` tells whether they are still the optimizer's (``load_state_dict``
+    replaces the state, ``p.data = ...`` may change a dtype or shape).
+    """
+
+    def __init__(self, rule: Rule, params: list, state: dict) -> None:
+        first = params[0]
+        held = state.get(first, {})
+        self.params = params
+        self.layout = self.layout_of(rule, first, held)
+        self.keys = tuple(key for key, _ in self.layout[3])
+        self.complex_view = self.layout[4]
+        self.helds = [state.get(p) for p in params]
+        self.states = [[h[k] for h in self.helds] for k in self.keys]
+        self.shapes = list(map(_SHAPE, params))  # what workspace views are shaped for
+        self.views: dict[int, tuple[int, tuple]] = {}  # plan -> (workspace generation, views)
+
+    @staticmethod
+    def layout_of(rule: Rule, param: torch.Tensor, held: dict) -> tuple:
+        """What a plan is made for: device, dtypes, state entries (arrays), complex view."""
         entries = tuple(
-            (key, value.dtype) for key, value in held.items() if key not in counters and isinstance(value, torch.Tensor)
+            (key, value.dtype) for key, value in held.items() if key not in rule.counters and isinstance(value, torch.Tensor)
         )
-        complex_view = rule.real_view and param.is_complex()
-        layout = (param.device, param.dtype, param.grad.dtype, entries, complex_view)
-        buckets.setdefault(layout, []).append(param)
+        return (param.device, param.dtype, param.grad.dtype, entries, rule.real_view and param.is_complex())
+
+    def holds(self, state: dict) -> bool:
+        """Whether the optimizer's state is still the one kept here (the same dicts and tensors)."""
+        helds = list(map(state.get, self.params))
+        return all(map(operator.is_, helds, self.helds)) and all(
+            all(map(operator.is_, [h[k] for h in helds], column)) for k, column in zip(self.keys, self.states)
+        )
+
+    def metas(self) -> dict[str, torch.Tensor]:
+        def meta(tensor: torch.Tensor) -> torch.Tensor:
+            if self.complex_view:
+                tensor = torch.view_as_real(tensor.detach())
+            return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+        first = self.params[0]
+        return {PARAM: meta(first), GRAD: meta(first.grad), **{state_buffer(k): meta(c[0]) for k, c in zip(self.keys, self.states)}}
+
+    def run(self, entry: Compiled, state: dict, workspaces: Workspaces, values: dict, foreach: bool) -> None:
+        plan, params = entry.plan, self.params
+        grads = [p.grad for p in params]
+        states = list(self.states)
+        for key, meta in plan.created.items():
+            created = [torch.empty_like(grad, dtype=meta.dtype) for grad in grads]
+            for param, tensor in zip(params, created):
+                state.setdefault(param, {})[key] = tensor
+            states.append(created)
+        lists = [params, grads, *states]
+        if self.complex_view:
+            lists = [[torch.view_as_real(t.detach()) for t in tensors] for tensors in lists]
+        values_list, grads, *states = lists
+        work: tuple = ()
+        if not foreach and plan.workspaces:
+            generation, work = self.views.get(id(plan), (-1, ()))
+            if generation != workspaces.generation or list(map(_SHAPE, params)) != self.shapes:
+                self.shapes = list(map(_SHAPE, params))
+                work = workspaces.lists(plan, values_list)
+                self.views[id(plan)] = (workspaces.generation, work)
+        entry.run(values_list, grads, states, work, entry.scalars(values))
+
+
+def _buckets(rule: Rule, params: list, state: dict, memory: dict) -> list[Bucket]:
+    """``params`` sorted into buckets, kept between steps while they hold and the parameters'
+    and gradients' dtypes are those they were sorted by (``model.to()`` changes them)."""
+    key = ("buckets", tuple(map(id, params)))
+    dtypes = (list(map(_DTYPE, params)), list(map(_DTYPE, map(_GRAD, params))))
+    kept = memory.get(key)
+    if kept is not None and kept[1] == dtypes and all(bucket.holds(state) for bucket in kept[0]):
+        return kept[0]
+    sorted_params: dict[tuple, list] = {}
+    for param in params:
+        sorted_params.setdefault(Bucket.layout_of(rule, param, state.get(param, {})), []).append(param)
+    buckets = [Bucket(rule, members, state) for members in sorted_params.values()]
+    memory[key] = (buckets, dtypes)
     return buckets
 
 
-def _metas(param: torch.Tensor, held: dict, entries: tuple, complex_view: bool) -> dict[str, torch.Tensor]:
-    def meta(tensor: torch.Tensor) -> torch.Tensor:
-        if complex_view:
-            tensor = torch.view_as_real(tensor.detach())
-        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
-
-    return {PARAM: meta(param), GRAD: meta(param.grad), **{state_buffer(k): meta(held[k]) for k, _ in entries}}
-
-
-def _run(
-    entry: Compiled, bucket: list, state: dict, workspaces: Workspaces, values: dict, foreach: bool, complex_view: bool
-) -> None:
-    plan = entry.plan
-    grads = [p.grad for p in bucket]
-    helds = [state.get(p) for p in bucket]
-    for key, meta in plan.created.items():
-        for param, grad, held in zip(bucket, grads, helds):
-            if held is None:
-                held = state[param] = {}
-            held[key] = torch.empty_like(grad, dtype=meta.dtype)
-        helds = [state[p] for p in bucket]
-    keys = plan.state_keys + tuple(k for k in plan.created if k not in plan.state_keys)
-    lists = [bucket, grads] + [[held[key] for held in helds] for key in keys]
-    if complex_view:
-        lists = [[torch.view_as_real(t.detach()) for t in tensors] for tensors in lists]
-    params, grads, *states = lists
-    work = () if foreach else workspaces.lists(plan, params)
-    entry.run(params, grads, states, work, entry.scalars(values))
+_GRAD, _DTYPE, _SHAPE = operator.attrgetter("grad"), operator.attrgetter("dtype"), operator.attrgetter("shape")
+_IS_SPARSE = operator.attrgetter("is_sparse")
