@@ -64,6 +64,17 @@ class HostMath:
         return np.asarray(value, dtype=np.asarray(like).dtype)[()]
 
 
+class Scalars:
+    """A rule's ``h``: its switches and numbers as attributes.
+
+    A plain class rather than ``types.SimpleNamespace``, which torch.compile cannot trace.
+    """
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        for name, value in items.items():
+            setattr(self, name, value)
+
+
 def is_switch(value: Any) -> bool:
     """Bools, strings and None select branches of a rule; everything else in a group is a number."""
     return value is None or isinstance(value, (bool, str))
@@ -160,12 +171,18 @@ class Backend(Protocol):
         """
 
 
-def run_update(backend: Backend, rule: Rule, param: Any, grad: Any, state: dict, h: Any) -> tuple[Any, dict]:
-    """``rule.update`` for one parameter, through the (real, imag) view where the rule asks for it."""
+def run_update(
+    backend: Backend, rule: Rule, param: Any, grad: Any, state: dict, h: Any, ops: Any = None
+) -> tuple[Any, dict]:
+    """``rule.update`` for one parameter, through the (real, imag) view where the rule asks for it.
+
+    ``ops`` defaults to the backend's.
+    """
+    ops = backend.ops if ops is None else ops
     if not (rule.real_view and backend.is_complex(param)):
-        return rule.update(backend.ops, param, grad, state, h)
+        return rule.update(ops, param, grad, state, h)
     real_state = {k: backend.as_real(v) for k, v in state.items()}
-    new_param, new_state = rule.update(backend.ops, backend.as_real(param), backend.as_real(grad), real_state, h)
+    new_param, new_state = rule.update(ops, backend.as_real(param), backend.as_real(grad), real_state, h)
     return backend.as_complex(new_param), {k: backend.as_complex(v) for k, v in new_state.items()}
 
 

@@ -15,7 +15,6 @@ step the user compiles.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 from jax.experimental import sparse
 from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 
-from backends import Rule, initial_state, numbers, run_update, widened
+from backends import Rule, Scalars, initial_state, numbers, run_update, widened
 
 
 class Param:
@@ -433,7 +432,7 @@ def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
         # selecting fuses into one pass; a lax.cond would keep XLA from updating the donated
         # buffers in place (measured: SGD with momentum 5x slower).
         held = {k: v for k, v in param_state.items() if k != INITIALIZED}
-        eager = {*rule.counters, *rule.initial_state(JaxOps, value, SimpleNamespace(**shared))}
+        eager = {*rule.counters, *rule.initial_state(JaxOps, value, Scalars(shared))}
         first = {k: v for k, v in held.items() if k in eager}
         later_step = _leaf_step(rule, shared, value, grad, held)
         first_step = _leaf_step(rule, shared, value, grad, first)
@@ -443,10 +442,10 @@ def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
         return new_value, {**new_state, INITIALIZED: jnp.ones((), bool)}
     counters = {k: param_state[k] for k in rule.counters}
     arrays = {k: v for k, v in param_state.items() if k not in rule.counters}
-    scheduled, advanced = rule.schedule(TracedMath, SimpleNamespace(**shared), counters)
+    scheduled, advanced = rule.schedule(TracedMath, Scalars(shared), counters)
     work, work_grad = widened(BACKEND, rule, value, value), widened(BACKEND, rule, grad, value)
     precision = jnp.promote_types(jnp.finfo(work.dtype).dtype, jnp.float32)
-    h = SimpleNamespace(**{k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
+    h = Scalars({k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
     new_value, new_arrays = run_update(BACKEND, rule, work, work_grad, arrays, h)
     new_state = {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
     new_state.update({k: v.astype(arrays[k].dtype if k in arrays else work.dtype) for k, v in new_arrays.items()})

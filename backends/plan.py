@@ -440,8 +440,25 @@ def make_plan(trace: Trace, same_kind: Callable[[Any, Any], bool]) -> Plan:
             )
         )
     instructions += _final_copies(trace, where)
+    instructions, scalars = _used_scalars(instructions, trace.scalars)
     state_keys = tuple(name.removeprefix("state:") for name in trace.inputs if name.startswith("state:"))
-    return Plan(instructions, workspaces, created, trace.scalars, trace.guards, state_keys)
+    return Plan(instructions, workspaces, created, scalars, trace.guards, state_keys)
+
+
+def _used_scalars(instructions: list[Instruction], scalars: list[str]) -> tuple[list[Instruction], list[str]]:
+    """The instructions with their numbers renumbered, and only the numbers they read (a branch
+    that ``ops.where`` dropped needs none of its own)."""
+    used = sorted({i for ins in instructions for kind, i in (*ins.args, *ins.kwargs.values()) if kind == "scalar"})
+    position = {old: new for new, old in enumerate(used)}
+
+    def renumber(arg: tuple) -> tuple:
+        return ("scalar", position[arg[1]]) if arg[0] == "scalar" else arg
+
+    renumbered = [
+        Instruction(ins.name, ins.dest, tuple(map(renumber, ins.args)), {k: renumber(v) for k, v in ins.kwargs.items()}, ins.meta)
+        for ins in instructions
+    ]
+    return renumbered, [scalars[i] for i in used]
 
 
 def _operands(operation: Operation) -> tuple:

@@ -8,14 +8,13 @@ to a parameter or a state tensor sees it change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from backends import Rule, run_update, torch_fused, torch_plan, widened
-from backends.torch_ops import TorchOps
+from backends import Rule, Scalars, run_update, torch_fused, torch_plan, widened
+from backends.torch_ops import KernelOps, TensorMath, TorchOps
 
 
 class TorchBackend:
@@ -145,21 +144,33 @@ class TorchBackend:
                 self._step_each(rule, params, h, state)
 
     def _step_each(self, rule: Rule, params: list, h: Any, state: dict) -> None:
-        """The reference path: the rule run parameter by parameter, op by op, as written."""
+        """The reference path: the rule run parameter by parameter, op by op, as written.
+
+        Under torch.compile the same, traced: counters stay 0-d tensors and the schedule is
+        tensor arithmetic (:class:`TensorMath`), so nothing is read back to the host and nothing
+        depends on a parameter's identity; Inductor fuses the graph, which rounds as a fused
+        loop does (as torch.optim's compiled step does).
+        """
+        compiling = torch.compiler.is_compiling()
         schedules: dict[tuple, tuple[Any, dict]] = {}  # parameters usually share their counters
         for param in params:
             held = state.get(param, {})
-            counters = {k: np.asarray(held[k])[()] for k in rule.counters}
-            key = tuple(float(v) for v in counters.values())
-            if key not in schedules:
-                # Scalars derived from counters or tensors reach the kernels as the Python
-                # floats torch.optim hands them.
-                values, advanced = torch_plan.host_values(rule, h, counters)
-                schedules[key] = SimpleNamespace(**values), {k: self.store_counter(v) for k, v in advanced.items()}
-            param_h, advanced = schedules[key]
+            if compiling:
+                scheduled, advanced = rule.schedule(TensorMath, h, {k: held[k] for k in rule.counters})
+                param_h = Scalars({**vars(h), **scheduled})
+            else:
+                counters = {k: np.asarray(held[k])[()] for k in rule.counters}
+                key = tuple(float(v) for v in counters.values())
+                if key not in schedules:
+                    # Scalars derived from counters or tensors reach the kernels as the Python
+                    # floats torch.optim hands them.
+                    values, advanced = torch_plan.host_values(rule, h, counters)
+                    schedules[key] = Scalars(values), {k: self.store_counter(v) for k, v in advanced.items()}
+                param_h, advanced = schedules[key]
             arrays = {k: v for k, v in held.items() if k not in rule.counters}
             value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
-            new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h)
+            ops = KernelOps if compiling else TorchOps
+            new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h, ops)
             if new_param is not param:
                 param.copy_(new_param)
             _write_state(held, {**advanced, **new_arrays})

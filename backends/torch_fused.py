@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from backends import Rule, compute_dtype, is_switch
-from backends.torch_ops import TorchOps
+from backends.torch_ops import KernelOps
 from backends.torch_plan import advance, by_counters, host_values
 
 # Elements from which a parameter is stepped through its own call rather than gathered into a
@@ -48,32 +48,6 @@ class Scalars:
     def __init__(self, pairs: Any) -> None:
         for name, value in pairs:
             setattr(self, name, value)
-
-
-class KernelOps(TorchOps):
-    """TorchOps for scalars that are 0-d tensors, as they are inside the compiled step.
-
-    Every number reaches the kernel as an element of one float64 input: a Python float there
-    would be compiled in as a constant wherever an operation takes a Scalar argument, and
-    each new value (a beta1 that CyclicLR cycles) would compile the step again.
-    """
-
-    @staticmethod
-    def add(x, y, alpha=1.0):
-        return x + alpha * y
-
-    @staticmethod
-    def lerp(x, end, weight):
-        # ATen's two-sided form: exact at both ends.
-        return torch.where(weight < 0.5, x + weight * (end - x), end - (end - x) * (1 - weight))
-
-    @staticmethod
-    def addcmul(x, t1, t2, value=1.0):
-        return x + value * t1 * t2
-
-    @staticmethod
-    def addcdiv(x, t1, t2, value=1.0):
-        return x + value * t1 / t2
 
 
 def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callable:

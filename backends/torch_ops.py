@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -115,3 +117,58 @@ class TorchOps:
     @staticmethod
     def full_like(x, value):
         return torch.full_like(x, value, memory_format=torch.preserve_format)
+
+
+class KernelOps(TorchOps):
+    """TorchOps for scalars that are 0-d tensors, as they are inside a compiled step.
+
+    ``alpha=``/``value=``/``weight=`` take a Python number; a 0-d tensor there is read back to
+    the host, which a compiled graph cannot do, and a Python float would be compiled in as a
+    constant, so each new value (a beta1 that CyclicLR cycles) would compile the step again.
+    Here tensor scalars multiply as tensors (rounding as a fused loop does, not as ATen's
+    multiply-add kernels); Python numbers go to the ATen operation as they are.
+    """
+
+    @staticmethod
+    def add(x, y, alpha=1.0):
+        return x + alpha * y if isinstance(alpha, torch.Tensor) else torch.add(x, y, alpha=alpha)
+
+    @staticmethod
+    def lerp(x, end, weight):
+        if not isinstance(weight, torch.Tensor):
+            return torch.lerp(x, end, weight)
+        # ATen's two-sided form: exact at both ends.
+        return torch.where(weight < 0.5, x + weight * (end - x), end - (end - x) * (1 - weight))
+
+    @staticmethod
+    def addcmul(x, t1, t2, value=1.0):
+        return x + value * t1 * t2 if isinstance(value, torch.Tensor) else torch.addcmul(x, t1, t2, value=value)
+
+    @staticmethod
+    def addcdiv(x, t1, t2, value=1.0):
+        return x + value * t1 / t2 if isinstance(value, torch.Tensor) else torch.addcdiv(x, t1, t2, value=value)
+
+
+class TensorMath:
+    """:class:`backends.HostMath` for a step that torch.compile traces: counters stay 0-d tensors
+    and the schedule is float64 tensor arithmetic inside the graph (no read back to the host),
+    as torch.optim's own step computes it when compiled."""
+
+    @staticmethod
+    def float(value):
+        return value.to(torch.float64) if isinstance(value, torch.Tensor) else float(value)
+
+    @staticmethod
+    def where(condition, if_true, if_false):
+        if not isinstance(condition, torch.Tensor):
+            return if_true if condition else if_false
+        wide = [v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.float64) for v in (if_true, if_false)]
+        return torch.where(condition, *wide)
+
+    @staticmethod
+    def sqrt(value):
+        return torch.sqrt(value) if isinstance(value, torch.Tensor) else math.sqrt(value)
+
+    @staticmethod
+    def cast_like(value, like):
+        return torch.as_tensor(value).to(like.dtype)

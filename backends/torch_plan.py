@@ -47,6 +47,7 @@ class Compiled:
     scalars: Callable[[dict], tuple]
     guards: Callable[[dict], tuple]
     outcomes: tuple
+    mode: str
     source: str  # the generated code, for reading
 
 
@@ -54,9 +55,22 @@ _plans: dict[tuple, list[Compiled] | None] = {}
 
 
 def infer(name: str, args: tuple, kwargs: dict) -> torch.Tensor:
-    """An operation's result as a meta tensor (its dtype and shape), from its operands'."""
-    host = lambda v: v.item() if isinstance(v, torch.Tensor) and v.device.type != "meta" else v  # noqa: E731
-    return getattr(torch, name)(*map(host, args), **{k: host(v) for k, v in kwargs.items()})
+    """An operation's result as a meta tensor (its dtype and shape), from its operands'.
+
+    A 0-d tensor number (a tensor lr) stays a tensor operand, as it is in the step: against a
+    0-d parameter it takes part in type promotion (a float16 scalar times a float32 lr is
+    float32).  As ``alpha=``/``value=`` it is a Python number, as ATen reads it.
+    """
+
+    def operand(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.device.type != "meta":
+            return torch.empty((), dtype=value.dtype, device="meta")
+        return value
+
+    def number(value: Any) -> Any:
+        return value.item() if isinstance(value, torch.Tensor) and value.device.type != "meta" else value
+
+    return getattr(torch, name)(*map(operand, args), **{k: number(v) for k, v in kwargs.items()})
 
 
 def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -145,7 +159,9 @@ def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str]
     return [f"for {', '.join(loop_names)}, in zip({', '.join(loop_lists)}):"] + [f"    {line}" for line in body]
 
 
-def _generate(plan: Plan, foreach: bool) -> tuple[Callable, str]:
+def _generate(plan: Plan, mode: str) -> tuple[Callable, str]:
+    """``run(P, G, S, W, k)`` for ``mode``: "each" (per tensor, into workspaces ``W``) or
+    "foreach" (multi-tensor)."""
     names = _names(plan)
     state_names = [names[state_buffer(k)] for k in plan.state_keys] + [
         names[state_buffer(k)] for k in plan.created if k not in plan.state_keys
@@ -154,7 +170,7 @@ def _generate(plan: Plan, foreach: bool) -> tuple[Callable, str]:
     header = []
     if plan.scalars:
         header.append(f"{', '.join(f'k{i}' for i in range(len(plan.scalars)))}, = k")
-    if foreach:
+    if mode == "foreach":
         if state_names:
             header.append(f"{', '.join(n.upper() for n in state_names)}, = S")
         workspaces = {f"work{i}" for i in range(len(plan.workspaces))}
@@ -181,16 +197,16 @@ def _evaluator(expressions: list[str]) -> Callable[[dict], tuple]:
 
 
 def compiled_plan(
-    rule: Rule, foreach: bool, metas: Callable[[], dict[str, torch.Tensor]], layout: tuple, values: dict[str, Any]
+    rule: Rule, mode: str, metas: Callable[[], dict[str, torch.Tensor]], layout: tuple, values: dict[str, Any]
 ) -> Compiled | None:
-    """The plan for ``layout`` under these values of ``h``; None if the rule is untraceable.
+    """The plan for ``layout`` under these values of ``h``, as code for ``mode`` (see
+    :func:`_generate`); None if the rule is untraceable.
 
-    ``metas()`` gives the inputs' metadata (meta tensors), needed only to trace.
-
-    Plans are kept per (rule, mode, layout, switches); among those, the first whose guards hold.
+    ``metas()`` gives the inputs' metadata (meta tensors), needed only to trace.  Plans are
+    kept per (rule, mode, layout, switches); among those, the first whose guards hold.
     """
     switches = tuple((k, v) for k, v in values.items() if _is_switch(v))
-    key = (rule.update, foreach, layout, switches)
+    key = (rule.update, mode, layout, switches)
     known = _plans.get(key, [])
     if known is None:
         return None
@@ -207,9 +223,9 @@ def compiled_plan(
     except Untraceable:
         _plans[key] = None
         return None
-    run, source = _generate(plan, foreach)
+    run, source = _generate(plan, mode)
     guards = _evaluator([source for source, _ in plan.guards])
-    entry = Compiled(plan, run, _evaluator(plan.scalars), guards, tuple(o for _, o in plan.guards), source)
+    entry = Compiled(plan, run, _evaluator(plan.scalars), guards, tuple(o for _, o in plan.guards), mode, source)
     _plans.setdefault(key, []).append(entry)
     return entry
 
@@ -306,6 +322,9 @@ def advance(helds: list, advanced: dict) -> None:
 
 def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memory: dict, foreach: bool) -> list:
     """Step the planned part of one group; return the parameters left to the unplanned path."""
+    if torch.compiler.is_compiling():
+        return params  # torch.compile's graph is the plan: the unplanned path traces into it
+    mode = "foreach" if foreach else "each"
     left: list = []
     planned = params
     if rule.state_dtype or any(map(_IS_SPARSE, map(_GRAD, params))):
@@ -317,15 +336,27 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
         values, advanced = host_values(rule, h, counters)
         store = {k: backend.store_counter(v) for k, v in advanced.items()}
         for bucket in _buckets(rule, members, state, memory):
-            entry = compiled_plan(rule, foreach, bucket.metas, bucket.layout, values)
+            entry = compiled_plan(rule, mode, bucket.metas, bucket.layout, values)
             if entry is None or (bucket.complex_view and entry.plan.created):
                 left += bucket.params
                 continue
-            bucket.run(entry, state, workspaces, values, foreach)
+            bucket.run(entry, state, workspaces, values)
             if entry.plan.created:  # the state has new entries: the next step sorts anew
                 memory.pop(("buckets", tuple(map(id, members))), None)
             advance(bucket.helds, store)
     return left
+
+
+def _metas_of(param: torch.Tensor, held: dict, layout: tuple) -> dict[str, torch.Tensor]:
+    """The parameter's, gradient's and state entries' metadata as meta tensors (real views of
+    complex ones, where the layout says so)."""
+
+    def meta(tensor: torch.Tensor) -> torch.Tensor:
+        if layout[4]:
+            tensor = torch.view_as_real(tensor.detach())
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+    return {PARAM: meta(param), GRAD: meta(param.grad), **{state_buffer(k): meta(held[k]) for k, _ in layout[3]}}
 
 
 class Bucket:
@@ -350,11 +381,13 @@ class Bucket:
 
     @staticmethod
     def layout_of(rule: Rule, param: torch.Tensor, held: dict) -> tuple:
-        """What a plan is made for: device, dtypes, state entries (arrays), complex view."""
+        """What a plan is made for: device, dtypes, state entries (arrays), complex view, and
+        whether the parameter is 0-d (a 0-d tensor lr then takes part in type promotion)."""
         entries = tuple(
             (key, value.dtype) for key, value in held.items() if key not in rule.counters and isinstance(value, torch.Tensor)
         )
-        return (param.device, param.dtype, param.grad.dtype, entries, rule.real_view and param.is_complex())
+        complex_view = rule.real_view and param.is_complex()
+        return (param.device, param.dtype, param.grad.dtype, entries, complex_view, param.dim() == 0)
 
     def holds(self, state: dict) -> bool:
         """Whether the optimizer's state is still the one kept here (the same dicts and tensors)."""
@@ -364,15 +397,9 @@ class Bucket:
         )
 
     def metas(self) -> dict[str, torch.Tensor]:
-        def meta(tensor: torch.Tensor) -> torch.Tensor:
-            if self.complex_view:
-                tensor = torch.view_as_real(tensor.detach())
-            return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+        return _metas_of(self.params[0], self.helds[0] or {}, self.layout)
 
-        first = self.params[0]
-        return {PARAM: meta(first), GRAD: meta(first.grad), **{state_buffer(k): meta(c[0]) for k, c in zip(self.keys, self.states)}}
-
-    def run(self, entry: Compiled, state: dict, workspaces: Workspaces, values: dict, foreach: bool) -> None:
+    def run(self, entry: Compiled, state: dict, workspaces: Workspaces, values: dict) -> None:
         plan, params = entry.plan, self.params
         grads = [p.grad for p in params]
         states = list(self.states)
@@ -386,7 +413,7 @@ class Bucket:
             lists = [[torch.view_as_real(t.detach()) for t in tensors] for tensors in lists]
         values_list, grads, *states = lists
         work: tuple = ()
-        if not foreach and plan.workspaces:
+        if plan.workspaces and entry.mode == "each":
             generation, work = self.views.get(id(plan), (-1, ()))
             if generation != workspaces.generation or list(map(_SHAPE, params)) != self.shapes:
                 self.shapes = list(map(_SHAPE, params))

@@ -11,7 +11,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from copy import deepcopy
 from itertools import chain
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -282,18 +281,36 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         if self.skip_nonfinite and not self._backend.all_finite([p.grad for _, params in stepping for p in params]):
             self.skipped_steps += 1
             return loss
-        work = []
-        for group, params in stepping:
-            h = self._host_scalars(group, foreach=self._backend.foreach(group, params))
-            for param in params:
-                if not self.state.get(param):
-                    initial = self._initial_state(param, h)
-                    if initial:
-                        self.state[param] = initial
-            work.append((group, params, h))
+        if self._has_initial_state:
+            for group in self.param_groups:
+                self._init_group(group)
+        work = [
+            (group, params, self._host_scalars(group, foreach=self._backend.foreach(group, params)))
+            for group, params in stepping
+        ]
         if work:
             self._backend.apply(self._rule, work, self.state, self._backend_memory)
         return loss
+
+    @property
+    def _has_initial_state(self) -> bool:
+        """Whether a parameter's first step creates state (counters or arrays) before the rule runs."""
+        return bool(self.counters) or type(self).initial_state is not Optimizer.initial_state
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        """Create the state of ``group``'s parameters that get their first gradient.
+
+        Named as torch.optim's: torch.compile runs a method of this name on the host while it
+        traces a step (and guards on the state it made), so the compiled step never contains
+        the lazy initialization.
+        """
+        h = None
+        for param in group["params"]:
+            if param.grad is not None and not self.state.get(param):
+                h = h or self._host_scalars(group)
+                initial = self._initial_state(param, h)
+                if initial:
+                    self.state[param] = initial
 
     def _run_closure(self, closure: Callable) -> Any:
         """Evaluate a step closure at the current parameters; its gradients land on ``.grad``."""
@@ -336,7 +353,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             tuple(self.counters), tuple(self.counters.values()), self.complex_as_real, self.state_dtype,
         )
 
-    def _host_scalars(self, group: dict[str, Any], foreach: bool = False) -> SimpleNamespace:
+    def _host_scalars(self, group: dict[str, Any], foreach: bool = False) -> backends.Scalars:
         """A group's switches and coefficients, computed on the host as torch.optim computes them.
 
         ``switches`` sees ``group["foreach"]`` as the backend resolved it for this step (True
@@ -344,9 +361,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         multi-tensor path uses another formula can follow it.
         """
         switches = self.switches({**group, "foreach": foreach})
-        return SimpleNamespace(
-            **switches, **self.coefficients(backends.HostMath, backends.numbers(group, scalar, switches))
-        )
+        coefficients = self.coefficients(backends.HostMath, backends.numbers(group, scalar, switches))
+        return backends.Scalars({**switches, **coefficients})
 
     def _initial_state(self, param: Any, h: Any) -> dict[str, Any]:
         """A parameter's state before its first step: counters, then the algorithm's arrays."""
