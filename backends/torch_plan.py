@@ -14,7 +14,12 @@ dtypes and state entries) in one of two forms:
 
 What a plan cannot run keeps the unplanned path: sparse gradients, ``state_dtype`` widening,
 ``differentiable=True``, a complex parameter whose rule creates state, and rules that are not
-elementwise (:class:`backends.plan.Untraceable`).
+elementwise (:class:`backends.plan.Untraceable`).  Under ``torch.compile`` the unplanned path
+is traced instead: there the graph is the plan, and Inductor its code.
+
+Plans are kept per process (they depend on the rule, mode, dtypes and branch settings, not on
+tensors); what a plan runs on -- the buckets, their state lists and workspace views -- is kept
+in the optimizer's backend memory, which ``load_state_dict`` empties.
 """
 
 from __future__ import annotations

@@ -331,8 +331,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             fused = bool(group.get("fused"))
             if fused or self.complex_parameters_error:
                 values = list(map(backend.value, params))
-                if fused and None in map(backend.floating_bits, values):
-                    value = next(v for v in values if backend.floating_bits(v) is None)
+                unsupported = fused and [v for v in values if backend.floating_bits(v) is None or not _fused_device(v)]
+                if unsupported:
+                    value = unsupported[0]
                     raise RuntimeError(
                         "`fused=True` requires all the params to be floating point Tensors of supported "
                         f"devices: {_FUSED_DEVICES} but {value.dtype} and {_device_type(value)}"
@@ -619,6 +620,11 @@ def _state_dtype_name(dtype: Any) -> str | None:
 
 # torch.optim's list in its fused device/dtype error.
 _FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone"]
+
+
+def _fused_device(array: Any) -> bool:
+    """Whether torch.optim's fused kernels run on a tensor's device (the meta device: no)."""
+    return not isinstance(array, torch.Tensor) or array.device.type in _FUSED_DEVICES
 
 
 def _device_type(array: Any) -> str:

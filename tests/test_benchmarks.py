@@ -57,5 +57,6 @@ def test_every_planned_algorithm_is_a_contender_without_jax(capsys):
 def test_the_compiled_step_graph_count_is_reported(capsys):
     assert step_time.main(["--graphs", "--algorithms", "SGD", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
-    assert set(results["SGD"]) == {"ours", "torch.optim"}
-    assert all(figures["graphs"] >= 1 for figures in results["SGD"].values())
+    assert set(results["SGD"]) == {"training step", "opt.step"}
+    for sides in results["SGD"].values():
+        assert set(sides) == {"ours", "torch.optim"} and all(figures["graphs"] >= 1 for figures in sides.values())

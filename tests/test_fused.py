@@ -178,21 +178,47 @@ def test_non_floating_parameters_get_torchs_error_and_nothing_changes(name):
         assert all(torch.equal(tensor, after["state"][index][key]) for key, tensor in entries.items())
 
 
-def test_without_a_compiler_the_step_runs_eagerly_with_a_warning():
+@pytest.mark.parametrize("name, options", [
+    ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)), ("AdamW", dict(lr=0.01)), ("Adagrad", dict(lr=0.1)),
+])
+def test_without_a_compiler_the_step_runs_eagerly_with_a_warning(name, options):
+    """Every fused algorithm, counters included (Adam's and Adagrad's ``step`` once crashed here
+    advancing an empty list of counters)."""
     def unavailable(function, **options):
         def fail(*args):
             raise RuntimeError("no C++ compiler")
         return fail
 
     model, reference = _model(), _model()
+    cls = getattr(optimizers, name)
     with mock.patch.multiple(torch_fused, _kernels={}, _compiled=set(), _failed=set()), \
             mock.patch.object(torch, "compile", unavailable):
-        ours = optimizers.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+        ours = cls(model.parameters(), **options, fused=True)
         with pytest.warns(UserWarning, match="could not be compiled here, so it runs eagerly"):
             got = _train(model, ours, 3)
-    expected = _train(reference, optimizers.SGD(reference.parameters(), lr=0.1, momentum=0.9), 3)
+    expected_optimizer = cls(reference.parameters(), **options)
+    expected = _train(reference, expected_optimizer, 3)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(ours.state.values(), expected_optimizer.state.values()):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad"])
+def test_fused_on_an_unsupported_device_raises_torchs_error_before_any_change(name):
+    """torch's test_fused_error_on_params_on_meta: parameters on the meta device."""
+    errors = []
+    for cls in (getattr(optimizers, name), getattr(torch.optim, name)):
+        param = torch.empty(3, device="meta", requires_grad=True)
+        param.grad = torch.empty(3, device="meta")
+        optimizer = cls([param], lr=0.1, fused=True)
+        before = {id(p): dict(entries) for p, entries in optimizer.state.items()}  # Adagrad's exists already
+        with pytest.raises(RuntimeError) as raised:
+            optimizer.step()
+        errors.append(str(raised.value))
+        if cls.__module__.startswith("optimizers"):
+            assert {id(p): dict(entries) for p, entries in optimizer.state.items()} == before
+    assert errors[0] == errors[1] and "requires all the params to be floating point Tensors" in errors[0]
 
 
 def test_sparse_gradients_take_the_eager_path():

@@ -8,6 +8,8 @@ replaced, parameters skipping steps).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +310,47 @@ def test_cuda_foreach_is_torch_optim_foreach_and_the_default(entry):
         ours.step()
         reference.step()
         assert_same_run(ours, reference, ours_params, reference_params, step)
+
+
+def compiled_training_graphs(cls, options: dict, whole_step: bool, steps: int = 4) -> dict[str, int]:
+    """Graphs and recompilations of a torch.compile'd training step (model, loss, backward,
+    ``step``, ``zero_grad``) or of ``torch.compile(optimizer.step)``, over a model of 10
+    parameters (past Dynamo's recompile limit of 8 if anything were keyed by a parameter)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(5)])
+    optimizer = cls(model.parameters(), **options)
+    data = torch.randn(4, 8)
+    step = optimizer.step if whole_step else torch.compile(optimizer.step)
+
+    def train():
+        model(data).square().mean().backward()
+        step()
+        optimizer.zero_grad()
+
+    train = torch.compile(train) if whole_step else train
+    for _ in range(steps):
+        train()
+    graphs = {"graphs": counters["stats"]["unique_graphs"], "recompiles": sum(counters["recompiles"].values())}
+    torch._dynamo.reset()
+    return graphs
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_compiled_step_has_torch_optims_graphs_and_never_recompiles(name):
+    """A compiled training step: no more graphs than torch.optim's, no recompilation across
+    steps or parameters; ``torch.compile(opt.step)`` alone is torch.optim's graph count too
+    (one for Adam; SGD's first step, which creates the momentum buffers, is a second)."""
+    options = dict(lr=1e-3, momentum=0.9) if name == "SGD" else dict(lr=1e-3)
+    ours_cls, reference_cls = getattr(optimizers, name), getattr(torch.optim, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Inductor's own chatter on CPU
+        for whole_step in (True, False):
+            ours = compiled_training_graphs(ours_cls, options, whole_step)
+            reference = compiled_training_graphs(reference_cls, options, whole_step)
+            assert ours["recompiles"] == 0, (whole_step, ours)
+            assert ours["graphs"] <= reference["graphs"], (whole_step, ours, reference)
+    assert ours["graphs"] == (2 if name == "SGD" else 1)
