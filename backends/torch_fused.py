@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import Rule, compute_dtype, is_switch
+from backends import Rule, Scalars, compute_dtype, is_switch
 from backends.torch_ops import KernelOps
 from backends.torch_plan import advance, by_counters, host_values
 
@@ -40,14 +40,6 @@ _kernels: dict[tuple, Callable] = {}
 _kernel_numbers = itertools.count()
 _compiled: set = set()  # kernels that ran: their failures are errors, not a missing compiler
 _failed: set = set()  # kernels this machine could not compile: their parameters step eagerly
-
-
-class Scalars:
-    """The rule's ``h`` inside the compiled step: switches as constants, numbers as 0-d tensors."""
-
-    def __init__(self, pairs: Any) -> None:
-        for name, value in pairs:
-            setattr(self, name, value)
 
 
 def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callable:
@@ -62,7 +54,8 @@ def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callabl
         keys, _, _, compute = layout
 
         def step(param, grad, states, numbers):
-            h = Scalars(switches + tuple((name, numbers[i]) for i, name in enumerate(names)))
+            # switches as constants, numbers as 0-d tensors
+            h = Scalars(dict(switches + tuple((name, numbers[i]) for i, name in enumerate(names))))
             value = param if compute is None else param.to(compute)
             grad = grad if compute is None else grad.to(compute)
             new_value, new_state = rule.update(KernelOps, value, grad, dict(zip(keys, states)), h)
