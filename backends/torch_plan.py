@@ -24,6 +24,7 @@ in the optimizer's backend memory, which ``load_state_dict`` empties.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -133,13 +134,16 @@ def _each_lines(instruction: Any, names: dict[str, str]) -> list[str]:
     return [f"torch.{name}({call}, out={dest})"]
 
 
-def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str]) -> list[str]:
-    """One instruction over the bucket's tensor lists (upper-case names)."""
+def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str], bound: set[str]) -> list[str]:
+    """One instruction over the bucket's tensor lists (upper-case names).  ``bound`` holds the
+    workspaces that already name a list of tensors; this instruction's may join it."""
     lists = {buffer: name.upper() for buffer, name in names.items()}
     dest, name = lists[instruction.dest], instruction.name
     args, call = _call(instruction, lists)
     in_place = instruction.args and instruction.args[0] == ("buffer", instruction.dest)
-    fresh = instruction.dest in workspaces and not in_place
+    fresh = instruction.dest in workspaces and not in_place  # the name is bound to a new list
+    first_binding = instruction.dest in workspaces and instruction.dest not in bound
+    bound.add(instruction.dest)
     if name in _FOREACH:
         if in_place:
             return [f"torch._foreach_{name}_({call})"]
@@ -152,7 +156,9 @@ def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str]
     operands = [lists[b] for kind, b in (*instruction.args, *instruction.kwargs.values()) if kind == "buffer"]
     operands = list(dict.fromkeys(operands))
     zipped = ", ".join(operand.lower() for operand in operands)
-    if fresh:
+    # A workspace that already holds tensors (a dead value's, or a dying operand's: ``where``
+    # into its ``if_false`` as masked_fill_) is written in place, saving a list of new tensors.
+    if fresh and first_binding:
         _, single = _call(instruction, names)
         expression = {"copy": "{0}.clone()", "clone": "{0}.clone()", "zeros_like": "torch.zeros_like({0})"}.get(name)
         first = _argument(instruction.args[0], names)
@@ -164,9 +170,25 @@ def _foreach_lines(instruction: Any, names: dict[str, str], workspaces: set[str]
     return [f"for {', '.join(loop_names)}, in zip({', '.join(loop_lists)}):"] + [f"    {line}" for line in body]
 
 
+def _commuted(instruction: Any) -> Any:
+    """``mul``/``add`` (without ``alpha``) whose second operand is its destination, with the
+    operands swapped so that it runs in place: exact, as IEEE products and sums commute."""
+    args = instruction.args
+    if (
+        instruction.name in ("mul", "add")
+        and not instruction.kwargs
+        and len(args) == 2
+        and args[1] == ("buffer", instruction.dest)
+        and args[0][0] == "buffer"
+    ):
+        return dataclasses.replace(instruction, args=(args[1], args[0]))
+    return instruction
+
+
 def _generate(plan: Plan, mode: str) -> tuple[Callable, str]:
     """``run(P, G, S, W, k)`` for ``mode``: "each" (per tensor, into workspaces ``W``) or
     "foreach" (multi-tensor)."""
+    instructions = [_commuted(instruction) for instruction in plan.instructions]
     names = _names(plan)
     state_names = [names[state_buffer(k)] for k in plan.state_keys] + [
         names[state_buffer(k)] for k in plan.created if k not in plan.state_keys
@@ -179,7 +201,8 @@ def _generate(plan: Plan, mode: str) -> tuple[Callable, str]:
         if state_names:
             header.append(f"{', '.join(n.upper() for n in state_names)}, = S")
         workspaces = {f"work{i}" for i in range(len(plan.workspaces))}
-        body = [line for instruction in plan.instructions for line in _foreach_lines(instruction, names, workspaces)]
+        bound: set[str] = set()
+        body = [line for instruction in instructions for line in _foreach_lines(instruction, names, workspaces, bound)]
         lines = ["def run(P, G, S, W, k):", *(f"    {line}" for line in header + body)]
     else:
         lists = ["P", "G", *(n.upper() for n in state_names + work_names)]
@@ -187,7 +210,7 @@ def _generate(plan: Plan, mode: str) -> tuple[Callable, str]:
             header.append(f"{', '.join(n.upper() for n in state_names)}, = S")
         if work_names:
             header.append(f"{', '.join(n.upper() for n in work_names)}, = W")
-        body = [line for instruction in plan.instructions for line in _each_lines(instruction, names)]
+        body = [line for instruction in instructions for line in _each_lines(instruction, names)]
         loop = f"for {', '.join(['p', 'g', *state_names, *work_names])}, in zip({', '.join(lists)}):"
         lines = ["def run(P, G, S, W, k):", *(f"    {line}" for line in header), f"    {loop}"]
         lines += [f"        {line}" for line in body]
