@@ -33,6 +33,8 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from backends import Scalars
+
 PARAM, GRAD = "param", "grad"
 
 
@@ -263,13 +265,6 @@ class Tracer:
         raise Untraceable(f"an operation took a {type(value).__name__}")
 
 
-class Namespace:
-    """``h`` inside a trace: switches as they are, numbers as :class:`Symbolic`."""
-
-    def __init__(self, items: dict[str, Any]) -> None:
-        self.__dict__.update(items)
-
-
 def trace(
     update: Callable,
     ops_for: Callable[[Tracer], Any],
@@ -286,7 +281,8 @@ def trace(
     """
     tracer = Tracer(infer)
     inputs = {name: tracer.value(meta) for name, meta in metas.items()}
-    h = Namespace({**switches, **{k: Symbolic(f"h[{k!r}]", v, tracer) for k, v in numbers.items()}})
+    # h: switches as they are, numbers as Symbolic
+    h = Scalars({**switches, **{k: Symbolic(f"h[{k!r}]", v, tracer) for k, v in numbers.items()}})
     state_keys = [name.removeprefix("state:") for name in metas if name.startswith("state:")]
     state = {key: inputs[state_buffer(key)] for key in state_keys}
     new_param, new_state = update(ops_for(tracer), inputs[PARAM], inputs[GRAD], state, h)
