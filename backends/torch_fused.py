@@ -28,9 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backends import Rule, Scalars, compute_dtype, is_switch
+from backends import Rule, Scalars, compute_dtype
 from backends.torch_ops import KernelOps
-from backends.torch_plan import advance, by_counters, host_values
+from backends.torch_plan import advance, by_counters, host_values, is_number, state_keys
 
 # Elements from which a parameter is stepped through its own call rather than gathered into a
 # bucket: there a call's fixed cost (about 40 us) is below what gathering and scattering it costs.
@@ -160,7 +160,7 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     for members in by_counters(rule, [p for p in params if not p.grad.is_sparse] if left else params, state):
         counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
         values, advanced = host_values(rule, h, counters)
-        names = tuple(k for k, v in values.items() if _is_number(v))
+        names = tuple(k for k, v in values.items() if is_number(v))  # inputs; the rest is compiled in
         switches = tuple((k, v) for k, v in values.items() if k not in names)
         # A 0-d tensor lr enters as its value, as ATen reads a Scalar.
         numbers = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
@@ -189,7 +189,7 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) ->
     layouts: dict[tuple, list] = {}
     for param in members:
         held = state.get(param)
-        keys = _state_keys(rule, held)
+        keys = state_keys(rule, held)
         if _is_large(param, held, keys):
             layout: tuple = (True, keys, id(param))
         else:
@@ -218,13 +218,4 @@ def _run(kernel: Callable, *args: Any) -> dict | None:
     return result
 
 
-def _state_keys(rule: Rule, held: dict | None) -> tuple:
-    """The state entries a kernel reads and writes: arrays, not counters (nor a None buffer)."""
-    return tuple(k for k, v in (held or {}).items() if k not in rule.counters and isinstance(v, torch.Tensor))
 
-
-def _is_number(value: Any) -> bool:
-    """A scalar the kernel takes as an input; anything else (bools, strings, None) is compiled in."""
-    if isinstance(value, torch.Tensor):
-        return value.dim() == 0
-    return not is_switch(value) and isinstance(value, (int, float, np.number))

@@ -242,7 +242,7 @@ def compiled_plan(
         if candidate.guards(values) == candidate.outcomes:
             return candidate
     numbers = {k: v for k, v in values.items() if not _is_switch(v)}
-    if not all(_is_number(v) for v in numbers.values()):
+    if not all(map(is_number, numbers.values())):
         _plans[key] = None
         return None
     try:
@@ -262,10 +262,16 @@ def _is_switch(value: Any) -> bool:
     return is_switch(value) or isinstance(value, np.bool_)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A number of ``h`` a step takes as data: a Python or NumPy number (not a bool) or a 0-d tensor."""
     if isinstance(value, torch.Tensor):
         return value.dim() == 0
-    return isinstance(value, (int, float))
+    return not _is_switch(value) and isinstance(value, (int, float, np.number))
+
+
+def state_keys(rule: Rule, held: dict | None) -> tuple:
+    """A parameter's state entries a step reads and writes: arrays, not counters (nor a None buffer)."""
+    return tuple(k for k, v in (held or {}).items() if k not in rule.counters and isinstance(v, torch.Tensor))
 
 
 # -- stepping a group ----------------------------------------------------------------------
@@ -285,6 +291,7 @@ class Workspaces:
     def lists(self, plan: Plan, values: list[torch.Tensor]) -> tuple[list, ...]:
         """Per workspace of ``plan``, a view shaped like each of ``values``."""
         device, largest = values[0].device, max(v.numel() for v in values)
+        result = []
         for slot, meta in enumerate(plan.workspaces):
             key = (device, meta.dtype, slot)
             flat = self.flat.get(key)
@@ -292,9 +299,6 @@ class Workspaces:
                 self.flat[key] = torch.empty(largest, dtype=meta.dtype, device=device)
                 self.views = {k: v for k, v in self.views.items() if k[0] != key}
                 self.generation += 1
-        result = []
-        for slot, meta in enumerate(plan.workspaces):
-            key = (device, meta.dtype, slot)
             views = []
             for value in values:
                 view = self.views.get((key, value.shape))
@@ -356,8 +360,8 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     left: list = []
     planned = params
     if rule.state_dtype or any(map(_IS_SPARSE, map(_GRAD, params))):
-        planned = [p for p in params if not (p.grad.is_sparse or compute_dtype(backend, rule, p))]
-        left = [p for p in params if p.grad.is_sparse or compute_dtype(backend, rule, p)]
+        unplannable = {p for p in params if p.grad.is_sparse or compute_dtype(backend, rule, p)}
+        planned, left = [p for p in params if p not in unplannable], [p for p in params if p in unplannable]
     workspaces = memory.setdefault("workspaces", Workspaces())
     for members in by_counters(rule, planned, state):
         counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
@@ -411,9 +415,7 @@ class Bucket:
     def layout_of(rule: Rule, param: torch.Tensor, held: dict) -> tuple:
         """What a plan is made for: device, dtypes, state entries (arrays), complex view, and
         whether the parameter is 0-d (a 0-d tensor lr then takes part in type promotion)."""
-        entries = tuple(
-            (key, value.dtype) for key, value in held.items() if key not in rule.counters and isinstance(value, torch.Tensor)
-        )
+        entries = tuple((key, held[key].dtype) for key in state_keys(rule, held))
         complex_view = rule.real_view and param.is_complex()
         return (param.device, param.dtype, param.grad.dtype, entries, complex_view, param.dim() == 0)
 

@@ -307,7 +307,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         h = None
         for param in group["params"]:
             if param.grad is not None and not self.state.get(param):
-                h = h or self._host_scalars(group)
+                if h is None:
+                    h = self._host_scalars(group)
                 initial = self._initial_state(param, h)
                 if initial:
                     self.state[param] = initial
