@@ -19,6 +19,8 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 
+from backends.ops import Ops
+
 NAMES = ("torch", "jax")
 
 
@@ -75,6 +77,19 @@ class Scalars:
             setattr(self, name, value)
 
 
+def dtype_name(dtype: Any) -> str:
+    """A dtype of any framework by its name: "float32", "bfloat16", "bool", "complex64"."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:  # torch.float32 and other frameworks' dtype objects: "torch.float32"
+        return str(dtype).rpartition(".")[2]
+
+
+def is_numeric(dtype: Any) -> bool:
+    """Whether arrays of ``dtype`` (of any framework) hold numbers: not bool, object or text."""
+    return not dtype_name(dtype).startswith(("bool", "object", "str", "bytes"))
+
+
 def is_switch(value: Any) -> bool:
     """Bools, strings and None select branches of a rule; everything else in a group is a number."""
     return value is None or isinstance(value, (bool, str))
@@ -101,7 +116,17 @@ class Backend(Protocol):
     """What the :class:`optimizers.Optimizer` base class needs from a backend."""
 
     name: str
-    ops: Any  # namespace of array operations the update rules are written with
+    ops: Ops  # the array operations the update rules are written with
+    fused_devices: tuple[str, ...]  # device types where ``fused=True`` is supported
+
+    def host_number(self, value: Any) -> Any:
+        """A numeric hyperparameter as host-side coefficients see it (a float, or a 0-d array)."""
+
+    def counter_dtype(self) -> type:
+        """The NumPy dtype of a new floating counter (``step``)."""
+
+    def device_type(self, array: Any) -> str:
+        """The kind of device an array lives on ("cpu", "cuda", "gpu", ...)."""
 
     def param_groups(self, params: Any) -> tuple[list[dict], bool]:
         """The constructor's ``params`` -> (param-group dicts, whether they were given as groups)."""
@@ -238,7 +263,28 @@ def get(name: str) -> Backend:
     """The backend called ``name`` ("torch" or "jax")."""
     if name not in NAMES:
         raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    if name == "jax":
+        require("jax", extra="jax", feature="The JAX backend")
     return importlib.import_module(f"backends.{name}_backend").BACKEND
+
+
+def functional(rule: Rule, group: Mapping[str, Any], h: Any) -> Any:
+    """``rule`` with ``group``'s switches as pure JAX functions (:class:`backends.jax_functional.Functional`)."""
+    counter_dtype = get("jax").counter_dtype()
+    return importlib.import_module("backends.jax_functional").functional(rule, group, h, counter_dtype)
+
+
+def require(module: str, *, extra: str, feature: str) -> None:
+    """Import ``module``, or raise an ImportError that names the extra which installs it.
+
+    ``pip install optimizers`` brings PyTorch and NumPy only; JAX and optax come with extras.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{feature} needs {module}, which is not installed: pip install 'optimizers[{extra}]'"
+        ) from error
 
 
 def infer(params: Any) -> str | None:

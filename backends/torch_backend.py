@@ -20,6 +20,29 @@ from backends.torch_ops import KernelOps, TensorMath, TorchOps
 class TorchBackend:
     name = "torch"
     ops = TorchOps
+    # torch.optim's list in its fused device/dtype error.
+    fused_devices = ("mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone")
+
+    def host_number(self, value: Any) -> float | torch.Tensor:
+        """A hyperparameter as host-side coefficients see it.
+
+        A number becomes a Python float (float64 arithmetic).  A one-element array (a
+        tensor lr) becomes a 0-d CPU tensor of its dtype: what is derived from it --
+        ``lr / bias_correction``, ``1 - lr * weight_decay`` -- then rounds exactly as
+        torch.optim's arithmetic on that tensor rounds (float32 operations, ``x / tensor``
+        as ``reciprocal(tensor) * x``).
+        """
+        if not hasattr(value, "shape"):
+            return float(value)
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value)
+        return tensor.detach().reshape(()).cpu()
+
+    def counter_dtype(self) -> type:
+        """torch.optim's dtype for a new step count: float32, or float64 under a float64 default dtype."""
+        return np.float64 if torch.get_default_dtype() == torch.float64 else np.float32
+
+    def device_type(self, array: torch.Tensor) -> str:
+        return array.device.type
 
     def param_groups(self, params: Any) -> tuple[list[dict], bool]:
         groups = list(params)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr
 
 __all__ = ["Adafactor"]
 
@@ -76,10 +77,7 @@ class Adafactor(Optimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        defaults = dict(
-            lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach, maximize=maximize
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(Adafactor.__init__, locals()))
 
     def _check_step(self, stepping):
         super()._check_step(stepping)

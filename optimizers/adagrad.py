@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr, check_fused, check_nonnegative
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr, check_fused, check_nonnegative
 from .terms import count_step, decay_coefficients, decay_switches, direction
 
 __all__ = ["Adagrad", "RMSprop", "Adadelta"]
@@ -59,18 +60,7 @@ class Adagrad(Optimizer):
         check_nonnegative(initial_accumulator_value, "initial_accumulator_value value")
         check_nonnegative(eps, "epsilon value")
         check_fused(fused, foreach, differentiable)
-        defaults = dict(
-            lr=lr,
-            lr_decay=lr_decay,
-            eps=eps,
-            weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(Adagrad.__init__, locals()))
         self._initialize_all_state()
 
     @staticmethod
@@ -150,19 +140,7 @@ class RMSprop(Optimizer):
         check_nonnegative(momentum, "momentum value")
         check_nonnegative(weight_decay, "weight_decay value")
         check_nonnegative(alpha, "alpha value")
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            alpha=alpha,
-            eps=eps,
-            centered=centered,
-            weight_decay=weight_decay,
-            capturable=capturable,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(RMSprop.__init__, locals()))
 
     @staticmethod
     def switches(group):
@@ -236,17 +214,7 @@ class Adadelta(Optimizer):
             raise ValueError(f"Invalid rho value: {rho}")
         check_nonnegative(eps, "epsilon value")
         check_nonnegative(weight_decay, "weight_decay value")
-        defaults = dict(
-            lr=lr,
-            rho=rho,
-            eps=eps,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            capturable=capturable,
-            foreach=foreach,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(Adadelta.__init__, locals()))
 
     switches = staticmethod(decay_switches)
 

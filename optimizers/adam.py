@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr, check_betas, check_fused, check_nonnegative
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
 from .terms import decay_coefficients, decay_switches, decoupled_decay, direction
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
@@ -120,20 +121,8 @@ class Adam(Optimizer):
                     )
                 check_array_lr(beta, f"betas[{index}]")
         check_fused(fused, foreach, differentiable)
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        betas = tuple(betas)
+        super().__init__(**signature_arguments(Adam.__init__, locals()))
 
     @staticmethod
     def switches(group):
@@ -195,23 +184,7 @@ class AdamW(Adam):
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
     ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-            backend=backend,
-            skip_nonfinite=skip_nonfinite,
-            state_dtype=state_dtype,
-        )
+        super().__init__(**signature_arguments(AdamW.__init__, locals()), decoupled_weight_decay=True)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -252,17 +225,7 @@ class Adamax(Optimizer):
         state_dtype: Any = None,
     ) -> None:
         _check_adam_family(lr, eps, betas, weight_decay)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(Adamax.__init__, locals()))
 
     @staticmethod
     def switches(group):
@@ -330,19 +293,7 @@ class NAdam(Optimizer):
     ) -> None:
         _check_adam_family(lr, eps, betas, weight_decay)
         check_nonnegative(momentum_decay, "momentum_decay value")
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum_decay=momentum_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(NAdam.__init__, locals()))
 
     @staticmethod
     def switches(group):
@@ -426,18 +377,7 @@ class RAdam(Optimizer):
         state_dtype: Any = None,
     ) -> None:
         _check_adam_family(lr, eps, betas, weight_decay)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            decoupled_weight_decay=decoupled_weight_decay,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(RAdam.__init__, locals()))
 
     @staticmethod
     def switches(group):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from math import prod
 from typing import Any, Callable
 
-from .optimizer import Optimizer, check_array_lr, check_nonnegative
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr, check_nonnegative
 
 __all__ = ["LBFGS"]
 
@@ -41,9 +42,6 @@ class LBFGS(Optimizer):
     ``H_diag``, ``prev_flat_grad``, ``prev_loss``.
     """
 
-    # Not a per-parameter rule: step() below is the whole algorithm.
-    coefficients = update = None
-
     def __init__(
         self,
         params: Any,
@@ -62,16 +60,7 @@ class LBFGS(Optimizer):
         check_nonnegative(lr, "learning rate")
         if max_eval is None:
             max_eval = max_iter * 5 // 4
-        defaults = dict(
-            lr=lr,
-            max_iter=max_iter,
-            max_eval=max_eval,
-            tolerance_grad=tolerance_grad,
-            tolerance_change=tolerance_change,
-            history_size=history_size,
-            line_search_fn=line_search_fn,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(**signature_arguments(LBFGS.__init__, locals()))
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
 

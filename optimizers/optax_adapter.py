@@ -18,7 +18,9 @@ ulp away from the object-oriented step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
+
+import backends
 
 
 class AdapterState(NamedTuple):
@@ -26,24 +28,32 @@ class AdapterState(NamedTuple):
     inner: Any  # the functional form's state: torch.optim's entries per leaf
 
 
-def as_optax(optimizer: Any, **hyperparameters: float | Callable[[Any], Any]) -> Any:
+def as_optax(optimizer: Any, **hyperparameters: Any) -> Any:
     """``optimizer`` as an ``optax.GradientTransformation`` (``params`` are required by ``update``).
 
+    ``optimizer`` is one of this library's optimizers, or a class, as optax users write
+    ``optax.adamw(lr)``: ``as_optax(optimizers.AdamW, lr=1e-3, weight_decay=0.05)``.
     Keyword arguments override numeric hyperparameters (``lr=``, ``betas=``, ...) with a
     value or an optax schedule, a function of the step count; they enter the compiled
-    step as data, so a schedule never recompiles.
+    step as data, so a schedule never recompiles.  Given a class, the other keywords
+    (``amsgrad=True``, ``nesterov=True``) go to its constructor.
     """
+    backends.require("optax", extra="optax", feature="as_optax")
     import jax
     import jax.numpy as jnp
     import optax
 
-    from backends.jax_backend import TracedMath
-
-    form = optimizer.functional()
+    if isinstance(optimizer, type):
+        constructor = {k: v for k, v in hyperparameters.items() if not callable(v)}
+        hyperparameters = {k: v for k, v in hyperparameters.items() if callable(v)}
+        form = optimizer.functional(**constructor)
+    else:
+        form = optimizer.functional()
+    name = optimizer.__name__ if isinstance(optimizer, type) else type(optimizer).__name__
     unknown = sorted(set(hyperparameters) - set(form.hyperparams))
     if unknown:
         raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for {type(optimizer).__name__}: "
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for {name}: "
             f"choose from {', '.join(sorted(form.hyperparams))}"
         )
 
@@ -52,10 +62,8 @@ def as_optax(optimizer: Any, **hyperparameters: float | Callable[[Any], Any]) ->
 
     def update(updates: Any, state: AdapterState, params: Any = None) -> tuple[Any, AdapterState]:
         if params is None:
-            raise ValueError(f"{type(optimizer).__name__} through as_optax needs params: call update(grads, state, params)")
-        # A schedule's value stands for a number, as a float hyperparameter does (a float32
-        # array would be taken for a tensor hyperparameter and computed with in float32).
-        values = {k: TracedMath.float(v(state.count)) if callable(v) else v for k, v in hyperparameters.items()}
+            raise ValueError(f"{name} through as_optax needs params: call update(grads, state, params)")
+        values = {k: form.number(v(state.count)) if callable(v) else v for k, v in hyperparameters.items()}
         new_params, inner = form.update(updates, state.inner, params, values)
         steps = jax.tree_util.tree_map(lambda new, old: new - old, new_params, params)
         return steps, AdapterState(optax.safe_increment(state.count), inner)

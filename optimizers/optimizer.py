@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import abc
 import functools
 import inspect
-import math
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,10 +17,27 @@ from torch.optim.optimizer import required
 
 import backends
 
-__all__ = ["Optimizer", "required", "check_array_lr", "check_betas", "check_fused", "check_nonnegative"]
+from .checkpoint import check_loadable
+from .validation import state_dtype_name, with_torch_truth_error
+
+__all__ = ["Optimizer", "required", "signature_arguments"]
+
+#: The options every optimizer of this library takes besides its hyperparameters.
+LIBRARY_OPTIONS = ("backend", "skip_nonfinite", "state_dtype")
 
 
-class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
+class _ClassOrInstanceMethod:
+    """A method that receives the class when called on it and the object when called on one."""
+
+    def __init__(self, function: Callable) -> None:
+        self.function = function
+        functools.update_wrapper(self, function)
+
+    def __get__(self, instance: Any, owner: type) -> Callable:
+        return functools.partial(self.function, owner if instance is None else instance)
+
+
+class Optimizer(torch.optim.Optimizer):
     """Base class of every optimizer, on either backend.
 
     It is a :class:`torch.optim.Optimizer`, so schedulers, ``GradScaler`` and
@@ -32,7 +47,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     ``zero_grad`` and ``add_param_group``.
 
     An algorithm is a subclass that validates its hyperparameters and defines
-    its rule once, for both backends:
+    its rule once, for both backends (or, as torch.optim subclasses do, overrides
+    :meth:`step` with an algorithm of its own, as :class:`LBFGS` does):
 
     ``switches(group) -> dict``
         Bools, strings and None read from a param group: they select the rule's
@@ -93,20 +109,28 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _with_torch_truth_error(cls.__init__)
+            cls.__init__ = with_torch_truth_error(cls.__init__)  # type: ignore[method-assign]
 
     def __init__(
         self,
         params: Any,
-        defaults: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
         *,
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        **hyperparameters: Any,
     ) -> None:
+        """``defaults`` as torch.optim takes them, or the hyperparameters as keywords.
+
+        A constructor passes its own arguments on with :func:`signature_arguments`::
+
+            super().__init__(**signature_arguments(Adam.__init__, locals()))
+        """
+        defaults = {**(defaults or {}), **hyperparameters}
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(f"skip_nonfinite must be a bool, but got {type(skip_nonfinite).__name__}")
-        self.state_dtype = _state_dtype_name(state_dtype)
+        self.state_dtype = state_dtype_name(state_dtype)
         if isinstance(params, torch.Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of Tensors or dicts, "
@@ -161,9 +185,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return {}
 
     @staticmethod
-    @abc.abstractmethod
     def coefficients(math: Any, numbers: dict[str, Any]) -> dict[str, Any]:
         """The scalars the rule reads, computed from the group's numeric hyperparameters."""
+        return {}
 
     @staticmethod
     def schedule(math: Any, h: Any, counters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -181,22 +205,39 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return {}
 
     @staticmethod
-    @abc.abstractmethod
     def update(ops: Any, param: Any, grad: Any, state: dict[str, Any], h: Any) -> tuple[Any, dict[str, Any]]:
         """The update rule for one parameter: ``(new_param, new_state)`` (state without counters)."""
+        raise NotImplementedError("an Optimizer subclass defines update() (its rule) or overrides step()")
 
-    def functional(self, group: int = 0) -> Any:
-        """This optimizer as pure JAX functions: ``init(params)`` and ``update(grads, state, params, hyperparams)``.
+    @_ClassOrInstanceMethod
+    def functional(where: Any, group: int = 0, /, **hyperparameters: Any) -> Any:
+        """The optimizer as pure JAX functions: ``init(params)`` and ``update(grads, state, params, hyperparams)``.
 
-        For a training step the user compiles with ``jax.jit`` (donating parameters and
-        state if they like).  The switches (``nesterov``, ``amsgrad``, whether there is
-        weight decay) and the default hyperparameters come from param group ``group``;
-        ``update`` takes numeric hyperparameters as data.  It runs the same traced step
-        as :meth:`step` on the JAX backend.  See :class:`backends.jax_backend.Functional`.
+        From the class, as optax users write ``optax.adamw(1e-3)``::
+
+            init, update, defaults = optimizers.AdamW.functional(lr=1e-3, weight_decay=0.05)
+
+        with the constructor's hyperparameters (validated as the constructor validates
+        them); from an optimizer, ``opt.functional(group=0)`` takes param group
+        ``group``'s.  For a training step the user compiles with ``jax.jit`` (donating
+        parameters and state if they like).  The switches (``nesterov``, ``amsgrad``,
+        whether there is weight decay) are fixed; ``update`` takes numeric
+        hyperparameters as data.  It runs the same traced step as :meth:`step` on the
+        JAX backend.  See :class:`backends.jax_functional.Functional`.
         """
-        chosen = self.param_groups[group]
-        jax_backend = backends.get("jax")
-        return jax_backend.functional(self._rule, chosen, self._host_scalars(chosen), _counter_dtype())
+        if isinstance(where, type):
+            # The constructor validates and fills in the defaults; one placeholder parameter
+            # stands for the pytree ``init`` will be given.
+            where = where([np.zeros((), np.float32)], backend="jax", **hyperparameters)
+        elif hyperparameters:
+            raise TypeError(
+                "opt.functional() takes the hyperparameters of the optimizer's param group; "
+                f"pass {', '.join(sorted(hyperparameters))} to update() or build from the class"
+            )
+        if type(where).update is Optimizer.update:
+            raise TypeError(f"{type(where).__name__} has no per-parameter rule, so no functional form")
+        chosen = where.param_groups[group]
+        return backends.functional(where._rule, chosen, where._host_scalars(chosen, backend=backends.get("jax")))
 
     # -- parameters -------------------------------------------------------------------
 
@@ -332,12 +373,14 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             fused = bool(group.get("fused"))
             if fused or self.complex_parameters_error:
                 values = list(map(backend.value, params))
-                unsupported = fused and [v for v in values if backend.floating_bits(v) is None or not _fused_device(v)]
+                unsupported = fused and [
+                    v for v in values if backend.floating_bits(v) is None or backend.device_type(v) not in backend.fused_devices
+                ]
                 if unsupported:
                     value = unsupported[0]
                     raise RuntimeError(
                         "`fused=True` requires all the params to be floating point Tensors of supported "
-                        f"devices: {_FUSED_DEVICES} but {value.dtype} and {_device_type(value)}"
+                        f"devices: {list(backend.fused_devices)} but {value.dtype} and {backend.device_type(value)}"
                     )
                 if self.complex_parameters_error and any(map(backend.is_complex, values)):
                     raise RuntimeError(self.complex_parameters_error)
@@ -355,21 +398,25 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             tuple(self.counters), tuple(self.counters.values()), self.complex_as_real, self.state_dtype,
         )
 
-    def _host_scalars(self, group: dict[str, Any], foreach: bool = False) -> backends.Scalars:
+    def _host_scalars(
+        self, group: dict[str, Any], foreach: bool = False, backend: backends.Backend | None = None
+    ) -> backends.Scalars:
         """A group's switches and coefficients, computed on the host as torch.optim computes them.
 
         ``switches`` sees ``group["foreach"]`` as the backend resolved it for this step (True
         when the step runs as multi-tensor operations), so an algorithm whose torch.optim
-        multi-tensor path uses another formula can follow it.
+        multi-tensor path uses another formula can follow it.  ``backend`` (default: this
+        optimizer's) converts the numbers.
         """
+        backend = self._backend if backend is None else backend
         switches = self.switches({**group, "foreach": foreach})
-        coefficients = self.coefficients(backends.HostMath, backends.numbers(group, scalar, switches))
+        coefficients = self.coefficients(backends.HostMath, backends.numbers(group, backend.host_number, switches))
         return backends.Scalars({**switches, **coefficients})
 
     def _initial_state(self, param: Any, h: Any) -> dict[str, Any]:
         """A parameter's state before its first step: counters, then the algorithm's arrays."""
         value = self._backend.value(param)
-        return backends.initial_state(self._backend, self._rule, value, h, _counter_dtype())
+        return backends.initial_state(self._backend, self._rule, value, h, self._backend.counter_dtype())
 
     def _initialize_all_state(self) -> None:
         """Create every parameter's state now rather than at its first step (torch's Adagrad does)."""
@@ -447,7 +494,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        self._check_loadable(state_dict)
+        check_loadable(self, state_dict)
         groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
         saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
@@ -480,65 +527,6 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
-    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
-        """Raise ValueError naming the first way ``state_dict`` does not fit this optimizer.
-
-        torch.optim checks the group and parameter counts; a state entry of another
-        shape or type loads there and fails at a later step, half-applied.  Here
-        every entry is checked against the state this optimizer would create for its
-        parameter under the saved hyperparameters.
-        """
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"loaded state dict has no {key!r} entry")
-        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(saved_groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in saved_groups):
-            raise ValueError("loaded state dict's 'param_groups' must be a list of dicts")
-        if not isinstance(saved_state, Mapping):
-            raise ValueError(f"loaded state dict's 'state' must be a dict, but got {type(saved_state).__name__}")
-        if len(self.param_groups) != len(saved_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        for index, saved in enumerate(saved_groups):
-            if not isinstance(saved.get("params"), (list, tuple)):
-                raise ValueError(f"loaded state dict's param group {index} has no list of 'params'")
-        if any(len(g["params"]) != len(s["params"]) for g, s in zip(self.param_groups, saved_groups)):
-            raise ValueError(
-                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
-            )
-        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            _check_loaded_hyperparameters(index, group, saved)
-            # A rule-driven step's first state depends on the hyperparameters (Adam's amsgrad).
-            loaded = {**group, **{k: saved[k] for k in group if k in saved and k != "params"}}
-            h = self._host_scalars(loaded) if self.coefficients else None
-            for saved_id, param in zip(saved["params"], group["params"]):
-                if saved_id in saved_state:
-                    self._check_loaded_state(saved_id, saved_state[saved_id], param, h)
-
-    def _check_loaded_state(self, saved_id: Any, entry: Any, param: Any, h: Any) -> None:
-        """Check one parameter's saved state against what its first step would create."""
-        value = self._backend.value(param)
-        where = f"loaded state for parameter {saved_id} (shape {tuple(value.shape)})"
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{where} must be a dict of state entries, but got {type(entry).__name__}")
-        expected = self._initial_state(param, h)
-        for key in expected:
-            if key not in entry:
-                raise ValueError(f"{where} has no {key!r} entry")
-        for key, saved in entry.items():
-            if key in self.counters:
-                if not _is_number(saved):
-                    raise ValueError(f"{where} has {key!r} = {saved!r}, which is not a number")
-                continue
-            shape = tuple(expected[key].shape) if key in expected else self._lazy_state_shape(key, value)
-            if shape is None:
-                continue
-            if not hasattr(saved, "__dlpack__") or not hasattr(saved, "shape"):
-                raise ValueError(f"{where} has {key!r} of type {type(saved).__name__}, not an array")
-            if tuple(saved.shape) != shape:
-                raise ValueError(f"{where} has {key!r} of shape {tuple(saved.shape)}, expected {shape}")
-            if not _is_numeric_array(saved):
-                raise ValueError(f"{where} has {key!r} of dtype {saved.dtype}, which is not numeric")
-
     def _lazy_state_shape(self, key: str, value: Any) -> tuple | None:
         """The shape of a state entry a rule creates during a step (SGD's momentum buffer)."""
         return tuple(value.shape)
@@ -569,136 +557,16 @@ class Optimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         for held in self.state.values():
             for key, initial in self.counters.items():
                 if key in held:
-                    array = backends.counter_array(initial, held[key], _counter_dtype())
+                    array = backends.counter_array(initial, held[key], self._backend.counter_dtype())
                     held[key] = self._backend.store_counter(array)
 
 
-def _check_loaded_hyperparameters(index: int, group: dict[str, Any], saved: Mapping[str, Any]) -> None:
-    """A saved hyperparameter must be of the kind this optimizer's group holds there."""
-    for key, current in group.items():
-        if key == "params" or key not in saved:
-            continue
-        value = saved[key]
-        if isinstance(current, bool):
-            valid = isinstance(value, (bool, type(None))) if key in ("foreach", "fused") else isinstance(value, bool)
-        elif isinstance(current, (int, float)) or hasattr(current, "shape"):
-            valid = _is_number(value)
-        elif isinstance(current, tuple) and all(isinstance(v, (int, float)) or hasattr(v, "shape") for v in current):
-            valid = isinstance(value, (tuple, list)) and len(value) == len(current) and all(map(_is_number, value))
-        else:
-            continue
-        if not valid:
-            raise ValueError(f"loaded state dict's param group {index} has {key}={value!r}, unlike {current!r}")
+def signature_arguments(function: Callable, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of ``function`` (a constructor) by name, read from its ``locals()``.
 
-
-def _is_number(value: Any) -> bool:
-    """A real number, or a one-element numeric array of any framework (as a tensor lr)."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float, np.number)):
-        return True
-    return hasattr(value, "shape") and math.prod(value.shape) == 1 and _is_numeric_array(value)
-
-
-def _is_numeric_array(value: Any) -> bool:
-    if isinstance(value.dtype, torch.dtype):
-        return value.dtype is not torch.bool
-    return np.dtype(value.dtype).kind not in "bOSU"  # bfloat16 and float8 are kind "V"
-
-
-def _state_dtype_name(dtype: Any) -> str | None:
-    """A ``state_dtype`` of any framework (torch.float32, jnp.float32, "float32") by its name."""
-    if dtype is None:
-        return None
-    try:
-        name = str(dtype).removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else np.dtype(dtype).name
-    except TypeError:
-        name = None
-    if name not in ("float32", "float64"):
-        raise TypeError(f"state_dtype must be float32, float64 or None (the parameter's dtype), but got {dtype!r}")
-    return name
-
-
-# torch.optim's list in its fused device/dtype error.
-_FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone"]
-
-
-def _fused_device(array: Any) -> bool:
-    """Whether torch.optim's fused kernels run on a tensor's device (the meta device: no)."""
-    return not isinstance(array, torch.Tensor) or array.device.type in _FUSED_DEVICES
-
-
-def _device_type(array: Any) -> str:
-    """The device kind of a tensor ("cpu", "cuda") or of a JAX array ("cpu", "gpu")."""
-    return array.device.type if isinstance(array, torch.Tensor) else next(iter(array.devices())).platform
-
-
-def _counter_dtype() -> type:
-    """torch.optim's dtype for a new step count: float32, or float64 under a float64 default dtype."""
-    return np.float64 if torch.get_default_dtype() == torch.float64 else np.float32
-
-
-def scalar(value: Any) -> float | torch.Tensor:
-    """A hyperparameter as host-side :meth:`Optimizer.coefficients` should see it.
-
-    A number becomes a Python float (float64 arithmetic).  A one-element array
-    (a tensor lr, on either backend) becomes a 0-d CPU tensor of its dtype: what
-    is derived from it -- ``lr / bias_correction``, ``1 - lr * weight_decay`` --
-    then rounds exactly as torch.optim's arithmetic on that tensor rounds
-    (float32 operations, ``x / tensor`` as ``reciprocal(tensor) * x``).
+    Constructors keep torch.optim's exact signatures and pass them on to the base class
+    in one line; the parameters' names make the ``defaults`` dict (a value the
+    constructor changed, such as ``betas`` made a tuple, goes in as changed).
     """
-    if not hasattr(value, "shape"):
-        return float(value)
-    tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value)
-    return tensor.detach().reshape(()).cpu()
-
-
-# -- hyperparameter checks with torch.optim's messages, called in each class's torch order ----
-
-# What JAX and NumPy say when a check compares a multi-element array, and what torch says.
-_ARRAY_TRUTH_ERRORS = ("The truth value of an array with more than one element is ambiguous",)
-_TORCH_TRUTH_ERROR = "Boolean value of Tensor with more than one value is ambiguous"
-
-
-def _with_torch_truth_error(init: Callable) -> Callable:
-    """``init`` raising torch's error where a check compares a multi-element array of another framework.
-
-    The checks compare hyperparameters in torch.optim's order (``0.0 <= eps``); a JAX
-    array of two elements fails there with JAX's ValueError, a tensor with torch's
-    RuntimeError.  Translating at the one place keeps the order and the message.
-    """
-    @functools.wraps(init)
-    def checked_init(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            init(self, *args, **kwargs)
-        except ValueError as error:
-            if str(error).startswith(_ARRAY_TRUTH_ERRORS):
-                raise RuntimeError(_TORCH_TRUTH_ERROR) from error
-            raise
-
-    return checked_init
-
-
-def check_array_lr(value: Any, name: str = "lr") -> None:
-    """A hyperparameter given as an array (torch tensor, JAX or NumPy array) must have one element."""
-    if hasattr(value, "shape") and math.prod(value.shape) != 1:
-        raise ValueError(f"Tensor {name} must be 1-element")
-
-
-def check_nonnegative(value: Any, what: str) -> None:
-    """``Invalid <what>: <value>`` unless 0 <= value (NaN is invalid too)."""
-    if not 0.0 <= value:
-        raise ValueError(f"Invalid {what}: {value}")
-
-
-def check_betas(betas: Any) -> None:
-    for index in (0, 1):
-        if not 0.0 <= betas[index] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
-
-
-def check_fused(fused: Any, foreach: Any, differentiable: bool) -> None:
-    if fused and differentiable:
-        raise RuntimeError("`fused` does not support `differentiable`")
-    if fused and foreach:
-        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    names = [name for name in inspect.signature(function).parameters if name != "self"]
+    return {name: arguments[name] for name in names}

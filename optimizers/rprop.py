@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr, check_nonnegative
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr, check_nonnegative
 from .terms import count_step
 
 __all__ = ["Rprop"]
@@ -54,16 +55,7 @@ class Rprop(Optimizer):
         check_nonnegative(lr, "learning rate")
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-        defaults = dict(
-            lr=lr,
-            etas=etas,
-            step_sizes=step_sizes,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(Rprop.__init__, locals()))
 
     @staticmethod
     def switches(group):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr, check_fused, check_nonnegative
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr, check_fused, check_nonnegative
 from .terms import decay_coefficients, decay_switches, direction
 
 __all__ = ["SGD", "ASGD"]
@@ -86,18 +87,7 @@ class SGD(Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_fused(fused, foreach, differentiable)
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            foreach=foreach,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(SGD.__init__, locals()))
 
     @staticmethod
     def switches(group: dict[str, Any]) -> dict[str, Any]:
@@ -166,18 +156,7 @@ class ASGD(Optimizer):
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
         check_nonnegative(weight_decay, "weight_decay value")
-        defaults = dict(
-            lr=lr,
-            lambd=lambd,
-            alpha=alpha,
-            t0=t0,
-            weight_decay=weight_decay,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(ASGD.__init__, locals()))
 
     switches = staticmethod(decay_switches)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from .optimizer import Optimizer, check_array_lr, check_betas
+from .optimizer import Optimizer, signature_arguments
+from .validation import check_array_lr, check_betas
 
 __all__ = ["SparseAdam"]
 
@@ -57,8 +58,7 @@ class SparseAdam(Optimizer):
         if not 0.0 < eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         check_betas(betas)
-        defaults = dict(lr=lr, betas=betas, eps=eps, maximize=maximize)
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(**signature_arguments(SparseAdam.__init__, locals()))
         for kind, test, why in (
             ("Sparse", self._backend.is_sparse, "SparseAdam requires dense parameter tensors"),
             ("Complex", self._backend.is_complex, "SparseAdam does not support complex parameters"),

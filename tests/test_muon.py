@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import optimizers
-from backends.jax_backend import JaxOps
+from backends.jax_ops import JaxOps
 from backends.torch_backend import TorchOps
 from optimizers.muon import NS_COEFFICIENTS
 

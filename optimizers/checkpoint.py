@@ -1,0 +1,108 @@
+"""Checking a state dict before it loads: every entry against what the optimizer would create.
+
+torch.optim checks the group and parameter counts; a state entry of another shape or
+type loads there and fails at a later step, half-applied.  Here a state dict that does
+not fit raises a ValueError naming the first misfit, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+import backends
+
+__all__ = ["check_loadable"]
+
+
+def check_loadable(optimizer: Any, state_dict: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first way ``state_dict`` does not fit ``optimizer``.
+
+    Every state entry is checked against the state the optimizer would create for its
+    parameter under the saved hyperparameters.
+    """
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"loaded state dict has no {key!r} entry")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in saved_groups):
+        raise ValueError("loaded state dict's 'param_groups' must be a list of dicts")
+    if not isinstance(saved_state, Mapping):
+        raise ValueError(f"loaded state dict's 'state' must be a dict, but got {type(saved_state).__name__}")
+    if len(optimizer.param_groups) != len(saved_groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    for index, saved in enumerate(saved_groups):
+        if not isinstance(saved.get("params"), (list, tuple)):
+            raise ValueError(f"loaded state dict's param group {index} has no list of 'params'")
+    if any(len(g["params"]) != len(s["params"]) for g, s in zip(optimizer.param_groups, saved_groups)):
+        raise ValueError(
+            "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+        )
+    for index, (group, saved) in enumerate(zip(optimizer.param_groups, saved_groups)):
+        _check_hyperparameters(index, group, saved)
+        # A rule-driven step's first state depends on the hyperparameters (Adam's amsgrad).
+        loaded = {**group, **{k: saved[k] for k in group if k in saved and k != "params"}}
+        h = optimizer._host_scalars(loaded)
+        for saved_id, param in zip(saved["params"], group["params"]):
+            if saved_id in saved_state:
+                _check_loaded_state(optimizer, saved_id, saved_state[saved_id], param, h)
+
+
+def _check_loaded_state(optimizer: Any, saved_id: Any, entry: Any, param: Any, h: Any) -> None:
+    """Check one parameter's saved state against what its first step would create."""
+    value = optimizer._backend.value(param)
+    where = f"loaded state for parameter {saved_id} (shape {tuple(value.shape)})"
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where} must be a dict of state entries, but got {type(entry).__name__}")
+    expected = optimizer._initial_state(param, h)
+    for key in expected:
+        if key not in entry:
+            raise ValueError(f"{where} has no {key!r} entry")
+    for key, saved in entry.items():
+        if key in optimizer.counters:
+            if not _is_number(saved):
+                raise ValueError(f"{where} has {key!r} = {saved!r}, which is not a number")
+            continue
+        shape = tuple(expected[key].shape) if key in expected else optimizer._lazy_state_shape(key, value)
+        if shape is None:
+            continue
+        if not hasattr(saved, "__dlpack__") or not hasattr(saved, "shape"):
+            raise ValueError(f"{where} has {key!r} of type {type(saved).__name__}, not an array")
+        if tuple(saved.shape) != shape:
+            raise ValueError(f"{where} has {key!r} of shape {tuple(saved.shape)}, expected {shape}")
+        if not _is_numeric_array(saved):
+            raise ValueError(f"{where} has {key!r} of dtype {saved.dtype}, which is not numeric")
+
+
+def _check_hyperparameters(index: int, group: dict[str, Any], saved: Mapping[str, Any]) -> None:
+    """A saved hyperparameter must be of the kind this optimizer's group holds there."""
+    for key, current in group.items():
+        if key == "params" or key not in saved:
+            continue
+        value = saved[key]
+        if isinstance(current, bool):
+            valid = isinstance(value, (bool, type(None))) if key in ("foreach", "fused") else isinstance(value, bool)
+        elif isinstance(current, (int, float)) or hasattr(current, "shape"):
+            valid = _is_number(value)
+        elif isinstance(current, tuple) and all(isinstance(v, (int, float)) or hasattr(v, "shape") for v in current):
+            valid = isinstance(value, (tuple, list)) and len(value) == len(current) and all(map(_is_number, value))
+        else:
+            continue
+        if not valid:
+            raise ValueError(f"loaded state dict's param group {index} has {key}={value!r}, unlike {current!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number, or a one-element numeric array of any framework (as a tensor lr)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float, np.number)):
+        return True
+    return hasattr(value, "shape") and math.prod(value.shape) == 1 and _is_numeric_array(value)
+
+
+def _is_numeric_array(value: Any) -> bool:
+    return backends.is_numeric(value.dtype)
