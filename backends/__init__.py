@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -116,8 +116,14 @@ class Backend(Protocol):
     """What the :class:`optimizers.Optimizer` base class needs from a backend."""
 
     name: str
-    ops: Ops  # the array operations the update rules are written with
-    fused_devices: tuple[str, ...]  # device types where ``fused=True`` is supported
+
+    @property
+    def ops(self) -> Ops:
+        """The array operations the update rules are written with."""
+
+    @property
+    def fused_devices(self) -> tuple[str, ...]:
+        """The device types where ``fused=True`` is supported."""
 
     def host_number(self, value: Any) -> Any:
         """A numeric hyperparameter as host-side coefficients see it (a float, or a 0-d array)."""

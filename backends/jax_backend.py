@@ -10,8 +10,8 @@ The operations rules use are in :mod:`backends.jax_ops`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -125,14 +125,17 @@ class JaxBackend:
         given = [_where(path) for path, _ in found]
         missing = [w for w in expected if w not in given]
         unexpected = [w for w in given if w not in expected]
-        detail = "; ".join(
-            part
-            for part in (
-                f"no gradient at {', '.join(missing)}" if missing else "",
-                f"unexpected gradient at {', '.join(unexpected)}" if unexpected else "",
+        detail = (
+            "; ".join(
+                part
+                for part in (
+                    f"no gradient at {', '.join(missing)}" if missing else "",
+                    f"unexpected gradient at {', '.join(unexpected)}" if unexpected else "",
+                )
+                if part
             )
-            if part
-        ) or f"expected the structure {structure}, got {found_structure}"
+            or f"expected the structure {structure}, got {found_structure}"
+        )
         raise ValueError(f"gradients do not match the parameters' tree: {detail}")
 
     def zero_grad(self, param: Param, set_to_none: bool) -> None:

@@ -11,8 +11,8 @@ compiles.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,7 @@ def hyperparameters(group: Mapping[str, Any], switches: Mapping[str, Any]) -> di
     dispatch per number per step), so they round as torch's Python scalars do against a
     tensor's dtype; arrays (a tensor-like lr) keep their dtype.
     """
+
     def convert(value: Any) -> float | jax.Array:
         if not hasattr(value, "shape"):
             return float(value)
@@ -155,10 +156,12 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         states = []
         for leaf in leaves:
             value = jnp.asarray(leaf)
-            state = {k: _placed_like(v, value) for k, v in initial_state(BACKEND, rule, value, h, counter_dtype).items()}
+            state = {
+                k: _placed_like(v, value) for k, v in initial_state(BACKEND, rule, value, h, counter_dtype).items()
+            }
             # Entries the rule creates at its first step (SGD's momentum buffer) exist from
             # the start here, as zeros, so the state's structure never changes.
-            _, stepped = jax.eval_shape(lambda s: _leaf_step(rule, shared, value, value, s), state)
+            _, stepped = jax.eval_shape(lambda s, value=value: _leaf_step(rule, shared, value, value, s), state)
             lazy = {k: _placed_like(jnp.zeros(v.shape, v.dtype), value) for k, v in stepped.items() if k not in state}
             states.append({**state, **lazy, INITIALIZED: jnp.zeros((), bool)} if lazy else state)
         return jax.tree_util.tree_unflatten(structure, states)
@@ -171,8 +174,12 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         numbers = {**defaults, **_checked_overrides(defaults, hyperparams or {})}
         stepping = [i for i, grad in enumerate(grad_leaves) if grad is not None]
         new_values, new_states = _traced_step(
-            rule, switches, [numbers], [[values[i] for i in stepping]],
-            [[_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]], [[states[i] for i in stepping]],
+            rule,
+            switches,
+            [numbers],
+            [[values[i] for i in stepping]],
+            [[_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]],
+            [[states[i] for i in stepping]],
         )
         values, states = list(values), list(states)
         for i, value, leaf_state in zip(stepping, new_values[0], new_states[0]):

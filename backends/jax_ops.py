@@ -128,7 +128,10 @@ class JaxOps:
     rsqrt = staticmethod(jax.lax.rsqrt)
     reciprocal = staticmethod(jnp.reciprocal)
 
-    where = staticmethod(jnp.where)
+    @staticmethod
+    def where(condition, if_true, if_false):
+        return jnp.where(condition, if_true, if_false)
+
     sqrt = staticmethod(jnp.sqrt)
     maximum = staticmethod(jnp.maximum)
     abs = staticmethod(jnp.abs)

@@ -30,8 +30,9 @@ the eager ones.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from backends import Scalars
 
@@ -58,7 +59,7 @@ class Symbolic:
 
     __slots__ = ("source", "value", "tracer")
 
-    def __init__(self, source: str, value: Any, tracer: "Tracer") -> None:
+    def __init__(self, source: str, value: Any, tracer: Tracer) -> None:
         self.source, self.value, self.tracer = source, value, tracer
 
     def _combine(self, other: Any, symbol: str, function: Callable, reflected: bool = False) -> Any:
@@ -69,16 +70,35 @@ class Symbolic:
         values = (other_value, self.value) if reflected else (self.value, other_value)
         return Symbolic(f"({left} {symbol} {right})", function(*values), self.tracer)
 
-    def __add__(self, other): return self._combine(other, "+", operator.add)
-    def __radd__(self, other): return self._combine(other, "+", operator.add, True)
-    def __sub__(self, other): return self._combine(other, "-", operator.sub)
-    def __rsub__(self, other): return self._combine(other, "-", operator.sub, True)
-    def __mul__(self, other): return self._combine(other, "*", operator.mul)
-    def __rmul__(self, other): return self._combine(other, "*", operator.mul, True)
-    def __truediv__(self, other): return self._combine(other, "/", operator.truediv)
-    def __rtruediv__(self, other): return self._combine(other, "/", operator.truediv, True)
-    def __pow__(self, other): return self._combine(other, "**", operator.pow)
-    def __rpow__(self, other): return self._combine(other, "**", operator.pow, True)
+    def __add__(self, other):
+        return self._combine(other, "+", operator.add)
+
+    def __radd__(self, other):
+        return self._combine(other, "+", operator.add, True)
+
+    def __sub__(self, other):
+        return self._combine(other, "-", operator.sub)
+
+    def __rsub__(self, other):
+        return self._combine(other, "-", operator.sub, True)
+
+    def __mul__(self, other):
+        return self._combine(other, "*", operator.mul)
+
+    def __rmul__(self, other):
+        return self._combine(other, "*", operator.mul, True)
+
+    def __truediv__(self, other):
+        return self._combine(other, "/", operator.truediv)
+
+    def __rtruediv__(self, other):
+        return self._combine(other, "/", operator.truediv, True)
+
+    def __pow__(self, other):
+        return self._combine(other, "**", operator.pow)
+
+    def __rpow__(self, other):
+        return self._combine(other, "**", operator.pow, True)
 
     def __neg__(self):
         return Symbolic(f"(-{self.source})", -self.value, self.tracer)
@@ -91,12 +111,23 @@ class Symbolic:
         self.tracer.guards.append((f"bool({self.source} {symbol} {other_source})", outcome))
         return outcome
 
-    def __gt__(self, other): return self._compare(other, ">", operator.gt)
-    def __lt__(self, other): return self._compare(other, "<", operator.lt)
-    def __ge__(self, other): return self._compare(other, ">=", operator.ge)
-    def __le__(self, other): return self._compare(other, "<=", operator.le)
-    def __eq__(self, other): return self._compare(other, "==", operator.eq)  # type: ignore[override]
-    def __ne__(self, other): return self._compare(other, "!=", operator.ne)  # type: ignore[override]
+    def __gt__(self, other):
+        return self._compare(other, ">", operator.gt)
+
+    def __lt__(self, other):
+        return self._compare(other, "<", operator.lt)
+
+    def __ge__(self, other):
+        return self._compare(other, ">=", operator.ge)
+
+    def __le__(self, other):
+        return self._compare(other, "<=", operator.le)
+
+    def __eq__(self, other):
+        return self._compare(other, "==", operator.eq)  # type: ignore[override]
+
+    def __ne__(self, other):
+        return self._compare(other, "!=", operator.ne)  # type: ignore[override]
 
     def __bool__(self) -> bool:
         outcome = bool(self.value)
@@ -125,7 +156,7 @@ class Traced:
 
     __slots__ = ("tracer", "index", "meta")
 
-    def __init__(self, tracer: "Tracer", index: int, meta: Any) -> None:
+    def __init__(self, tracer: Tracer, index: int, meta: Any) -> None:
         self.tracer, self.index, self.meta = tracer, index, meta
 
     @property
@@ -140,27 +171,60 @@ class Traced:
     def dtype(self) -> Any:
         return self.meta.dtype
 
-    def _record(self, name: str, *args: Any) -> "Traced":
+    def _record(self, name: str, *args: Any) -> Traced:
         return self.tracer.record(name, args, {})
 
     # The operators of the backend's arrays, as their own methods compute them.
-    def __add__(self, other): return self._record("add", self, other)
-    def __radd__(self, other): return self._record("add", self, other)
-    def __sub__(self, other): return self._record("sub", self, other)
-    def __rsub__(self, other): return self._record("rsub", self, other)
-    def __mul__(self, other): return self._record("mul", self, other)
-    def __rmul__(self, other): return self._record("mul", self, other)
-    def __truediv__(self, other): return self._record("div", self, other)
-    def __rtruediv__(self, other): return self._record("mul", self._record("reciprocal", self), other)
-    def __pow__(self, other): return self._record("pow", self, other)
-    def __neg__(self): return self._record("neg", self)
-    def __abs__(self): return self._record("abs", self)
-    def __gt__(self, other): return self._record("gt", self, other)
-    def __lt__(self, other): return self._record("lt", self, other)
-    def __ge__(self, other): return self._record("ge", self, other)
-    def __le__(self, other): return self._record("le", self, other)
-    def __eq__(self, other): return self._record("eq", self, other)  # type: ignore[override]
-    def __ne__(self, other): return self._record("ne", self, other)  # type: ignore[override]
+    def __add__(self, other):
+        return self._record("add", self, other)
+
+    def __radd__(self, other):
+        return self._record("add", self, other)
+
+    def __sub__(self, other):
+        return self._record("sub", self, other)
+
+    def __rsub__(self, other):
+        return self._record("rsub", self, other)
+
+    def __mul__(self, other):
+        return self._record("mul", self, other)
+
+    def __rmul__(self, other):
+        return self._record("mul", self, other)
+
+    def __truediv__(self, other):
+        return self._record("div", self, other)
+
+    def __rtruediv__(self, other):
+        return self._record("mul", self._record("reciprocal", self), other)
+
+    def __pow__(self, other):
+        return self._record("pow", self, other)
+
+    def __neg__(self):
+        return self._record("neg", self)
+
+    def __abs__(self):
+        return self._record("abs", self)
+
+    def __gt__(self, other):
+        return self._record("gt", self, other)
+
+    def __lt__(self, other):
+        return self._record("lt", self, other)
+
+    def __ge__(self, other):
+        return self._record("ge", self, other)
+
+    def __le__(self, other):
+        return self._record("le", self, other)
+
+    def __eq__(self, other):
+        return self._record("eq", self, other)  # type: ignore[override]
+
+    def __ne__(self, other):
+        return self._record("ne", self, other)  # type: ignore[override]
 
     __hash__ = object.__hash__
 
@@ -175,10 +239,20 @@ class TracingOps:
     """
 
     ELEMENTWISE = (
-        "add", "lerp", "addcmul", "addcdiv", "sqrt", "rsqrt", "reciprocal", "maximum", "abs", "sign", "clamp",
+        "add",
+        "lerp",
+        "addcmul",
+        "addcdiv",
+        "sqrt",
+        "rsqrt",
+        "reciprocal",
+        "maximum",
+        "abs",
+        "sign",
+        "clamp",
     )
 
-    def __init__(self, tracer: "Tracer") -> None:
+    def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
 
     def __getattr__(self, name: str) -> Callable:
@@ -451,7 +525,13 @@ def _used_scalars(instructions: list[Instruction], scalars: list[str]) -> tuple[
         return ("scalar", position[arg[1]]) if arg[0] == "scalar" else arg
 
     renumbered = [
-        Instruction(ins.name, ins.dest, tuple(map(renumber, ins.args)), {k: renumber(v) for k, v in ins.kwargs.items()}, ins.meta)
+        Instruction(
+            ins.name,
+            ins.dest,
+            tuple(map(renumber, ins.args)),
+            {k: renumber(v) for k, v in ins.kwargs.items()},
+            ins.meta,
+        )
         for ins in instructions
     ]
     return renumbered, [scalars[i] for i in used]
@@ -470,9 +550,7 @@ def _final_copies(trace: Trace, where: dict[int, str]) -> list[Instruction]:
     """Copies of final values computed outside their homes, ordered so that no copy overwrites
     a buffer another copy still reads."""
     pending = [
-        (home, where[index], trace.metas[index])
-        for home, index in trace.outputs.items()
-        if where[index] != home
+        (home, where[index], trace.metas[index]) for home, index in trace.outputs.items() if where[index] != home
     ]
     ordered = []
     while pending:

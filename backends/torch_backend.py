@@ -7,8 +7,8 @@ to a parameter or a state tensor sees it change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -23,7 +23,8 @@ import itertools
 import operator
 import types
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callabl
         own = types.FunctionType(step.__code__.replace(co_name=name), step.__globals__, name, None, step.__closure__)
         # dynamic_threads: the loop is parallel for any length; Inductor would otherwise decide
         # from the first call's length, and a small first bucket would make it serial for all.
-        options = {"cpp.dynamic_threads": True}
+        options: dict[str, Any] = {"cpp.dynamic_threads": True}
         _kernels[cache_key] = torch.compile(own, fullgraph=True, dynamic=True, options=options)
     return _kernels[cache_key]
 
@@ -87,7 +88,7 @@ class Piece:
 
     def __init__(self, params: list, state: dict, keys: tuple, compute: torch.dtype | None, in_place: bool) -> None:
         self.params, self.keys, self.in_place = params, keys, in_place
-        self.helds = [state.get(p) for p in params]
+        self.helds: list[Any] = [state.get(p) for p in params]
         first = params[0]
         # What a kernel is compiled for: the state entries and the dtypes it reads and computes in.
         self.layout = (keys, first.dtype, first.grad.dtype, compute)
@@ -108,7 +109,7 @@ class Piece:
     def holds(self, state: dict) -> bool:
         """Whether the plan still stands: the same state tensors (``load_state_dict`` replaces
         them) and, in place, the parameter's memory (``module.to()`` replaces it)."""
-        helds = [state.get(p) for p in self.params]
+        helds: list[Any] = [state.get(p) for p in self.params]
         return (
             all(map(operator.is_, helds, self.helds))
             and all(map(operator.is_, self._arrays(helds), self.arrays))
@@ -129,7 +130,7 @@ class Piece:
         return created
 
 
-def _is_large(param: Any, held: dict | None, keys: tuple) -> bool:
+def _is_large(param: Any, held: Any, keys: tuple) -> bool:
     arrays = [held[key] for key in keys]
     return param.numel() >= LARGE and all(a.is_contiguous() for a in [param, *arrays])
 
@@ -188,7 +189,7 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) ->
         del memory[other]  # their state is about to move into the new plan's buffers
     layouts: dict[tuple, list] = {}
     for param in members:
-        held = state.get(param)
+        held: Any = state.get(param)
         keys = state_keys(rule, held)
         if _is_large(param, held, keys):
             layout: tuple = (True, keys, id(param))
@@ -198,7 +199,7 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) ->
     plan = memory[key] = []
     for (in_place, keys, *_), params in layouts.items():
         compute = compute_dtype(backend, rule, params[0])
-        plan.append(Piece(params, state, keys, compute and getattr(torch, compute), in_place))
+        plan.append(Piece(params, state, keys, getattr(torch, compute) if compute else None, in_place))
     return plan
 
 
@@ -216,6 +217,3 @@ def _run(kernel: Callable, *args: Any) -> dict | None:
         return None
     _compiled.add(kernel)
     return result
-
-
-

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,21 @@ from backends.plan import GRAD, PARAM, Plan, TracingOps, Untraceable, make_plan,
 
 # Operations with a multi-tensor kernel of the same name (``torch._foreach_<name>``).
 _FOREACH = {
-    "add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "sqrt", "rsqrt", "maximum", "abs", "sign", "neg",
-    "reciprocal", "pow",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "lerp",
+    "addcmul",
+    "addcdiv",
+    "sqrt",
+    "rsqrt",
+    "maximum",
+    "abs",
+    "sign",
+    "neg",
+    "reciprocal",
+    "pow",
 }
 # Operations whose in-place method (``x.<name>_``) computes what ``torch.<name>`` does.
 _IN_PLACE = _FOREACH - {"maximum"} | {"clamp"}
@@ -57,7 +71,7 @@ class Compiled:
     source: str  # the generated code, for reading
 
 
-_plans: dict[tuple, list[Compiled] | None] = {}
+_plans: dict[tuple, Any] = {}  # a list of Compiled, or None: untraceable
 
 
 def infer(name: str, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -379,7 +393,7 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     return left
 
 
-def _metas_of(param: torch.Tensor, held: dict, layout: tuple) -> dict[str, torch.Tensor]:
+def _metas_of(param: Any, held: dict, layout: tuple) -> dict[str, torch.Tensor]:
     """The parameter's, gradient's and state entries' metadata as meta tensors (real views of
     complex ones, where the layout says so)."""
 
@@ -406,13 +420,13 @@ class Bucket:
         self.layout = self.layout_of(rule, first, held)
         self.keys = tuple(key for key, _ in self.layout[3])
         self.complex_view = self.layout[4]
-        self.helds = [state.get(p) for p in params]
+        self.helds: list[Any] = [state.get(p) for p in params]
         self.states = [[h[k] for h in self.helds] for k in self.keys]
         self.shapes = list(map(_SHAPE, params))  # what workspace views are shaped for
         self.views: dict[int, tuple[int, tuple]] = {}  # plan -> (workspace generation, views)
 
     @staticmethod
-    def layout_of(rule: Rule, param: torch.Tensor, held: dict) -> tuple:
+    def layout_of(rule: Rule, param: Any, held: dict) -> tuple:
         """What a plan is made for: device, dtypes, state entries (arrays), complex view, and
         whether the parameter is 0-d (a 0-d tensor lr then takes part in type promotion)."""
         entries = tuple((key, held[key].dtype) for key in state_keys(rule, held))
@@ -421,7 +435,7 @@ class Bucket:
 
     def holds(self, state: dict) -> bool:
         """Whether the optimizer's state is still the one kept here (the same dicts and tensors)."""
-        helds = list(map(state.get, self.params))
+        helds: list[Any] = list(map(state.get, self.params))
         return all(map(operator.is_, helds, self.helds)) and all(
             all(map(operator.is_, [h[k] for h in helds], column)) for k, column in zip(self.keys, self.states)
         )

@@ -20,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,8 +30,24 @@ SETS = {
     "many-small": [(64, 64)] * 1000,
     # GPT-2 small: token and position embeddings, 12 blocks (attention, MLP, two layer norms), final norm.
     "gpt2": [(50257, 768), (1024, 768)]
-    + [s for _ in range(12) for s in [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,),
-                                       (768, 3072), (3072,), (3072, 768), (768,)]]
+    + [
+        s
+        for _ in range(12)
+        for s in [
+            (768,),
+            (768,),
+            (768, 2304),
+            (2304,),
+            (768, 768),
+            (768,),
+            (768,),
+            (768,),
+            (768, 3072),
+            (3072,),
+            (3072, 768),
+            (768,),
+        ]
+    ]
     + [(768,), (768,)],
     "tiny": [(16, 16)] * 3,  # for the test suite's smoke run
     # The scaling sets: 1, 10 and 100 tensors of 1M (1024x1024) parameters.
@@ -131,6 +147,7 @@ def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None
     form = getattr(optimizers, name)(tree(), **OPTIONS[name]).functional()
     functional_box = {"params": tree()}
     functional_box["state"] = form.init(functional_box["params"])
+
     # As a training step takes it: (params, state) in and out in the same order, so XLA pairs
     # each donated buffer with its own successor (donating update's own (state, params)
     # argument order would pair new params with old moments' buffers and force copies).
@@ -217,21 +234,28 @@ def run(sets: list[str], algorithms: list[str], rounds: int, jax_too: bool = Tru
             kept = {name: kept_bytes(step) for name, step in torch_side.items() if name.startswith("ours")}
             moved = BYTES_PER_ELEMENT[algorithm] * elements
             anchors = {k: v for k, v in medians.items() if not k.startswith("ours")}
-            report["results"].append({
-                "set": set_name, "algorithm": algorithm, "parameters": elements, "tensors": len(shapes),
-                "stream_bytes_per_s": bandwidth,
-                "contenders": {
-                    name: {
-                        "median_s": seconds,
-                        "bytes_per_s": moved / seconds,
-                        "fraction_of_stream": moved / seconds / bandwidth,
-                        "allocated_bytes_per_step": allocated.get(name),  # torch contenders only
-                        "workspace_bytes": kept.get(name),  # ours on torch: buffers kept between steps
-                        "ratio_to": {anchor: seconds / anchor_seconds for anchor, anchor_seconds in anchors.items()},
-                    }
-                    for name, seconds in medians.items()
-                },
-            })
+            report["results"].append(
+                {
+                    "set": set_name,
+                    "algorithm": algorithm,
+                    "parameters": elements,
+                    "tensors": len(shapes),
+                    "stream_bytes_per_s": bandwidth,
+                    "contenders": {
+                        name: {
+                            "median_s": seconds,
+                            "bytes_per_s": moved / seconds,
+                            "fraction_of_stream": moved / seconds / bandwidth,
+                            "allocated_bytes_per_step": allocated.get(name),  # torch contenders only
+                            "workspace_bytes": kept.get(name),  # ours on torch: buffers kept between steps
+                            "ratio_to": {
+                                anchor: seconds / anchor_seconds for anchor, anchor_seconds in anchors.items()
+                            },
+                        }
+                        for name, seconds in medians.items()
+                    },
+                }
+            )
     return report
 
 
@@ -243,15 +267,19 @@ def table(report: dict) -> str:
             f"{result['tensors']} tensors; stream {result['stream_bytes_per_s'] / 1e9:.1f} GB/s"
         )
         anchors = [k for k in result["contenders"] if not k.startswith("ours")]
-        lines.append(f"  {'contender':<22} {'median ms':>10} {'GB/s':>7} {'of stream':>9} {'MB alloc':>9} {'MB kept':>8}  "
-                     + "  ".join(f"{'÷ ' + a:>22}" for a in anchors))
+        lines.append(
+            f"  {'contender':<22} {'median ms':>10} {'GB/s':>7} {'of stream':>9} {'MB alloc':>9} {'MB kept':>8}  "
+            + "  ".join(f"{'÷ ' + a:>22}" for a in anchors)
+        )
         for name, c in result["contenders"].items():
             ratios = "  ".join(f"{c['ratio_to'][a]:>22.2f}" for a in anchors)
             allocated = c["allocated_bytes_per_step"]
             allocated = "-" if allocated is None else f"{allocated / 1e6:.2f}"
             kept = "-" if c.get("workspace_bytes") is None else f"{c['workspace_bytes'] / 1e6:.2f}"
-            lines.append(f"  {name:<22} {1e3 * c['median_s']:>10.3f} {c['bytes_per_s'] / 1e9:>7.2f} "
-                         f"{c['fraction_of_stream']:>9.0%} {allocated:>9} {kept:>8}  {ratios}")
+            lines.append(
+                f"  {name:<22} {1e3 * c['median_s']:>10.3f} {c['bytes_per_s'] / 1e9:>7.2f} "
+                f"{c['fraction_of_stream']:>9.0%} {allocated:>9} {kept:>8}  {ratios}"
+            )
         lines.append("")
     return "\n".join(lines + scaling_table(report))
 
@@ -267,8 +295,11 @@ def scaling_table(report: dict) -> list[str]:
             continue
         sizes = [r["parameters"] for r in results]
         growth = "  ".join(f"x{b / a:>6.1f}" for a, b in zip(sizes, sizes[1:]))
-        lines.append(f"{algorithm} scaling: ms per step at " + ", ".join(f"{n:,}" for n in sizes)
-                     + f" parameters (growth {growth})")
+        lines.append(
+            f"{algorithm} scaling: ms per step at "
+            + ", ".join(f"{n:,}" for n in sizes)
+            + f" parameters (growth {growth})"
+        )
         for name in results[0]["contenders"]:
             times = [1e3 * r["contenders"][name]["median_s"] for r in results]
             factors = "  ".join(f"x{b / a:>6.1f}" for a, b in zip(times, times[1:]))
@@ -304,10 +335,11 @@ def compiled_step_graphs(algorithms: list[str], steps: int = 4) -> dict[str, dic
                 data = torch.randn(4, 8)
                 step = optimizer.step if mode == "training step" else torch.compile(optimizer.step)
 
+                # Compiled and run within this iteration: the loop variables it reads are this iteration's.
                 def train_step():
-                    model(data).square().mean().backward()
-                    step()
-                    optimizer.zero_grad()
+                    model(data).square().mean().backward()  # noqa: B023
+                    step()  # noqa: B023
+                    optimizer.zero_grad()  # noqa: B023
 
                 train = torch.compile(train_step) if mode == "training step" else train_step
                 with warnings.catch_warnings():
@@ -324,22 +356,24 @@ def compiled_step_graphs(algorithms: list[str], steps: int = 4) -> dict[str, dic
 
 
 def graphs_table(results: dict) -> str:
-    lines = ["torch.compile over 4 steps (a model of 10 parameters)",
-             f"  {'algorithm':<10} {'compiled':<14} {'contender':<12} {'graphs':>7} {'breaks':>7} {'recompiles':>11}"]
+    lines = [
+        "torch.compile over 4 steps (a model of 10 parameters)",
+        f"  {'algorithm':<10} {'compiled':<14} {'contender':<12} {'graphs':>7} {'breaks':>7} {'recompiles':>11}",
+    ]
     for name, modes in results.items():
         for mode, sides in modes.items():
             for label, figures in sides.items():
-                lines.append(f"  {name:<10} {mode:<14} {label:<12} {figures['graphs']:>7} {figures['graph_breaks']:>7} "
-                             f"{figures['recompiles']:>11}")
+                lines.append(
+                    f"  {name:<10} {mode:<14} {label:<12} {figures['graphs']:>7} {figures['graph_breaks']:>7} "
+                    f"{figures['recompiles']:>11}"
+                )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="few-large,many-small", help=f"comma-separated, from {', '.join(SETS)}")
-    parser.add_argument(
-        "--algorithms", default="SGD,Adam", help=f"comma-separated, from {', '.join(OPTIONS)}; or all"
-    )
+    parser.add_argument("--algorithms", default="SGD,Adam", help=f"comma-separated, from {', '.join(OPTIONS)}; or all")
     parser.add_argument("--no-jax", action="store_true", help="torch contenders only")
     parser.add_argument("--graphs", action="store_true", help="count a compiled training step's graphs instead")
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per contender (default 30)")

@@ -1,10 +1,10 @@
 """torch.optim-compatible optimizers whose update rules run on PyTorch tensors and JAX pytrees.
 
-    import optimizers
-    opt = optimizers.Adam(model.parameters(), lr=1e-3)           # torch tensors
-    opt = optimizers.Adam({"w": w, "b": b}, lr=1e-3)              # a JAX pytree
-    init, update, _ = opt.functional()                            # pure functions for jax.jit
-    tx = optimizers.as_optax(opt)                                 # an optax.GradientTransformation
+import optimizers
+opt = optimizers.Adam(model.parameters(), lr=1e-3)           # torch tensors
+opt = optimizers.Adam({"w": w, "b": b}, lr=1e-3)              # a JAX pytree
+init, update, _ = opt.functional()                            # pure functions for jax.jit
+tx = optimizers.as_optax(opt)                                 # an optax.GradientTransformation
 """
 
 from .adafactor import Adafactor
@@ -19,7 +19,23 @@ from .sgd import ASGD, SGD
 from .sparse_adam import SparseAdam
 
 __all__ = [
-    "ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "LBFGS", "Muon", "NAdam", "Optimizer", "RAdam",
-    "RMSprop", "Rprop", "SGD", "SparseAdam", "as_optax", "required",
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "AdamW",
+    "LBFGS",
+    "Muon",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+    "as_optax",
+    "required",
 ]
 __version__ = "0.1.0"

@@ -100,7 +100,11 @@ class Adafactor(Optimizer):
         eps1, eps2 = numbers["eps"]
         lr = numbers["lr"]
         return dict(
-            lr=lr, beta2_decay=numbers["beta2_decay"], eps1=eps1, eps2=eps2, d=numbers["d"],
+            lr=lr,
+            beta2_decay=numbers["beta2_decay"],
+            eps1=eps1,
+            eps2=eps2,
+            d=numbers["d"],
             decay_factor=1 - lr * numbers["weight_decay"],
         )
 
@@ -109,7 +113,9 @@ class Adafactor(Optimizer):
         step = counters["step"] + 1
         t = math.float(step)
         inverse_root = 1 / t**0.5
-        return dict(new_weight=t**h.beta2_decay, rho=math.where(inverse_root < h.lr, inverse_root, h.lr)), {"step": step}
+        return dict(new_weight=t**h.beta2_decay, rho=math.where(inverse_root < h.lr, inverse_root, h.lr)), {
+            "step": step
+        }
 
     @staticmethod
     def initial_state(ops, param, h):

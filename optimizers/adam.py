@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
 from .terms import decay_coefficients, decay_switches, decoupled_decay, direction
+from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 
@@ -353,7 +353,8 @@ class RAdam(Optimizer):
 
     The threshold is torch's :math:`\rho_t > 5` (the paper uses 4; optax's
     ``radam`` takes it as ``threshold=5``).  It is decided per parameter from its
-    own step (on JAX inside the compiled program, so it never recompiles).  State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+    own step (on JAX inside the compiled program, so it never recompiles).  State: ``step``, ``exp_avg``,
+    ``exp_avg_sq``.
     """
 
     counters = {"step": 0.0}

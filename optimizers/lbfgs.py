@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
-from typing import Any, Callable
+from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
 from .validation import check_array_lr, check_nonnegative
@@ -98,7 +99,7 @@ class LBFGS(Optimizer):
         for value in values:
             real = self._real(value)
             size = prod(real.shape)
-            new = backend.ops.add(real, direction[offset:offset + size].reshape(real.shape), alpha=step)
+            new = backend.ops.add(real, direction[offset : offset + size].reshape(real.shape), alpha=step)
             moved.append(backend.as_complex(new) if backend.is_complex(value) else new)
             offset += size
         return moved
@@ -207,7 +208,7 @@ class LBFGS(Optimizer):
             if group["line_search_fn"] is not None:
                 start = [self._backend.ops.copy(value) for value in self._values()]
 
-                def at(step_size, direction):
+                def at(step_size, direction, start=start):
                     self._write(self._moved(start, step_size, direction))
                     _, value, gradient = evaluate(closure)
                     self._write(start)

@@ -77,7 +77,9 @@ class Muon(Optimizer):
             for param in group["params"]:
                 shape = self._backend.value(param).shape
                 if len(shape) != 2:
-                    raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: {shape}")
+                    raise ValueError(
+                        f"Muon only supports 2D parameters whereas we found a parameter with size: {shape}"
+                    )
 
     def _check_step(self, stepping):
         super()._check_step(stepping)
@@ -97,7 +99,9 @@ class Muon(Optimizer):
     @staticmethod
     def switches(group):
         # ns_steps is a loop count: it shapes the compiled program rather than feeding it.
-        return dict(nesterov=bool(group["nesterov"]), ns_steps=int(group["ns_steps"]), adjust_lr_fn=group["adjust_lr_fn"])
+        return dict(
+            nesterov=bool(group["nesterov"]), ns_steps=int(group["ns_steps"]), adjust_lr_fn=group["adjust_lr_fn"]
+        )
 
     @staticmethod
     def coefficients(math, numbers):

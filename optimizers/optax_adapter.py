@@ -22,13 +22,15 @@ from typing import Any, NamedTuple
 
 import backends
 
+from .optimizer import Optimizer
+
 
 class AdapterState(NamedTuple):
     count: Any  # steps taken, the argument of hyperparameter schedules
     inner: Any  # the functional form's state: torch.optim's entries per leaf
 
 
-def as_optax(optimizer: Any, **hyperparameters: Any) -> Any:
+def as_optax(optimizer: Optimizer | type[Optimizer], **hyperparameters: Any) -> Any:
     """``optimizer`` as an ``optax.GradientTransformation`` (``params`` are required by ``update``).
 
     ``optimizer`` is one of this library's optimizers, or a class, as optax users write

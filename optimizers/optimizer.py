@@ -6,10 +6,10 @@ import functools
 import inspect
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from copy import deepcopy
 from itertools import chain
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class _ClassOrInstanceMethod:
 
     def __init__(self, function: Callable) -> None:
         self.function = function
-        functools.update_wrapper(self, function)
+        self.__doc__ = function.__doc__
 
     def __get__(self, instance: Any, owner: type) -> Callable:
         return functools.partial(self.function, owner if instance is None else instance)
@@ -276,9 +276,7 @@ class Optimizer(torch.optim.Optimizer):
             param_group["param_names"] = names
         for name, default in self.defaults.items():
             if default is required and name not in param_group:
-                raise ValueError(
-                    f"parameter group didn't specify a value of required optimization parameter {name}"
-                )
+                raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
             param_group.setdefault(name, default)
         if len(params) != len(set(params)):
             warnings.warn(
@@ -374,7 +372,9 @@ class Optimizer(torch.optim.Optimizer):
             if fused or self.complex_parameters_error:
                 values = list(map(backend.value, params))
                 unsupported = fused and [
-                    v for v in values if backend.floating_bits(v) is None or backend.device_type(v) not in backend.fused_devices
+                    v
+                    for v in values
+                    if backend.floating_bits(v) is None or backend.device_type(v) not in backend.fused_devices
                 ]
                 if unsupported:
                     value = unsupported[0]
@@ -394,8 +394,15 @@ class Optimizer(torch.optim.Optimizer):
     @property
     def _rule(self) -> backends.Rule:
         return backends.Rule(
-            self.switches, self.coefficients, self.schedule, self.initial_state, self.update,
-            tuple(self.counters), tuple(self.counters.values()), self.complex_as_real, self.state_dtype,
+            self.switches,
+            self.coefficients,
+            self.schedule,
+            self.initial_state,
+            self.update,
+            tuple(self.counters),
+            tuple(self.counters.values()),
+            self.complex_as_real,
+            self.state_dtype,
         )
 
     def _host_scalars(
@@ -458,8 +465,8 @@ class Optimizer(torch.optim.Optimizer):
         parameters numbered in group order.  State values are this backend's arrays;
         :meth:`load_state_dict` of either backend accepts either kind.
         """
-        for hook in self._optimizer_state_dict_pre_hooks.values():
-            hook(self)
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         index: dict[int, int] = {}
         for param in chain.from_iterable(g["params"] for g in self.param_groups):
             index.setdefault(id(param), len(index))
@@ -490,8 +497,8 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(state_dict, Mapping):
             raise ValueError(f"a state dict must be a dict, but got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
-        for hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = hook(self, state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
         check_loadable(self, state_dict)
@@ -510,7 +517,8 @@ class Optimizer(torch.optim.Optimizer):
             if isinstance(value, dict):
                 return {k: convert(v, param, k) for k, v in value.items()}
             if isinstance(value, Iterable) and not isinstance(value, str):
-                return type(value)(convert(v, param) for v in value)
+                sequence_type: Any = type(value)
+                return sequence_type(convert(v, param) for v in value)
             return value
 
         state: defaultdict = defaultdict(dict)
@@ -524,8 +532,8 @@ class Optimizer(torch.optim.Optimizer):
             if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
         self.__setstate__({"state": state, "param_groups": saved_groups})
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _lazy_state_shape(self, key: str, value: Any) -> tuple | None:
         """The shape of a state entry a rule creates during a step (SGD's momentum buffer)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .validation import check_array_lr, check_nonnegative
 from .terms import count_step
+from .validation import check_array_lr, check_nonnegative
 
 __all__ = ["Rprop"]
 

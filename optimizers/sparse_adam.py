@@ -80,7 +80,11 @@ class SparseAdam(Optimizer):
     def coefficients(math, numbers):
         beta1, beta2 = numbers["betas"]
         return dict(
-            lr=numbers["lr"], beta1=beta1, beta2=beta2, one_minus_beta1=1 - beta1, one_minus_beta2=1 - beta2,
+            lr=numbers["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            one_minus_beta1=1 - beta1,
+            one_minus_beta2=1 - beta2,
             eps=numbers["eps"],
         )
 

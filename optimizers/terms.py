@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def decay_switches(group: dict[str, Any], decoupled: bool = False) -> dict[str, Any]:
     """The branches of :func:`direction` and :func:`decoupled_decay` for ``group``."""
     decays = group["weight_decay"] != 0

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import backends
 
 __all__ = [
-    "check_array_lr", "check_betas", "check_fused", "check_nonnegative", "state_dtype_name", "with_torch_truth_error",
+    "check_array_lr",
+    "check_betas",
+    "check_fused",
+    "check_nonnegative",
+    "state_dtype_name",
+    "with_torch_truth_error",
 ]
 
 # What JAX and NumPy say when a check compares a multi-element array, and what torch says.

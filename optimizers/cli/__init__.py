@@ -1,8 +1,8 @@
 """``python -m optimizers``: every optimizer on torch.optim and both backends, compared and drawn.
 
-    python -m optimizers                      # compare everything, write optimizers.png
-    python -m optimizers compare --json       # the comparison for machines
-    python -m optimizers plot --problem rosenbrock --optimizers sgd,momentum,adam --out paths.png
+python -m optimizers                      # compare everything, write optimizers.png
+python -m optimizers compare --json       # the comparison for machines
+python -m optimizers plot --problem rosenbrock --optimizers sgd,momentum,adam --out paths.png
 """
 
 from __future__ import annotations
@@ -67,37 +67,66 @@ def _picture_path(text: str) -> str:
     return text
 
 
-def _options() -> argparse.ArgumentParser:
+def _options() -> _Parser:
     """The options every subcommand shares."""
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = _Parser(add_help=False)
     shared.add_argument(
-        "--optimizers", type=_choice_list(tuple(CONFIGURATIONS), "optimizer"), default=list(CONFIGURATIONS),
-        metavar="NAMES", help=f"comma-separated, from: {', '.join(CONFIGURATIONS)} (default: all)",
+        "--optimizers",
+        type=_choice_list(tuple(CONFIGURATIONS), "optimizer"),
+        default=list(CONFIGURATIONS),
+        metavar="NAMES",
+        help=f"comma-separated, from: {', '.join(CONFIGURATIONS)} (default: all)",
     )
     shared.add_argument(
-        "--problem", type=_choice_list(PROBLEM_NAMES, "problem"), default=list(PROBLEM_NAMES),
-        metavar="NAMES", help=f"comma-separated, from: {', '.join(PROBLEM_NAMES)} (default: all)",
+        "--problem",
+        type=_choice_list(PROBLEM_NAMES, "problem"),
+        default=list(PROBLEM_NAMES),
+        metavar="NAMES",
+        help=f"comma-separated, from: {', '.join(PROBLEM_NAMES)} (default: all)",
     )
-    shared.add_argument("--steps", type=_whole_number(1), default=DEFAULT_STEPS,
-                        help=f"optimizer steps per run (default: {DEFAULT_STEPS})")
-    shared.add_argument("--lr", type=float, default=None,
-                        help="learning rate for every optimizer (default: one tuned per optimizer and problem)")
-    shared.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="parameter precision (default: float32)")
-    shared.add_argument("--backend", choices=("torch", "jax", "both"), default="both",
-                        help="which of our backends to run beside torch.optim (default: both)")
-    shared.add_argument("--seed", type=_whole_number(0), default=0,
-                        help="seed of the network's initial weights and the quadratic's noise (default: 0)")
+    shared.add_argument(
+        "--steps",
+        type=_whole_number(1),
+        default=DEFAULT_STEPS,
+        help=f"optimizer steps per run (default: {DEFAULT_STEPS})",
+    )
+    shared.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate for every optimizer (default: one tuned per optimizer and problem)",
+    )
+    shared.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="parameter precision (default: float32)"
+    )
+    shared.add_argument(
+        "--backend",
+        choices=("torch", "jax", "both"),
+        default="both",
+        help="which of our backends to run beside torch.optim (default: both)",
+    )
+    shared.add_argument(
+        "--seed",
+        type=_whole_number(0),
+        default=0,
+        help="seed of the network's initial weights and the quadratic's noise (default: 0)",
+    )
     return shared
 
 
 def build_parser() -> argparse.ArgumentParser:
     shared = _options()
-    parser = _Parser(prog="python -m optimizers", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = _Parser(
+        prog="python -m optimizers",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
     compare = commands.add_parser(
-        "compare", parents=[shared], help="print the comparison tables (the default, which also writes the picture)",
+        "compare",
+        parents=[shared],
+        help="print the comparison tables (the default, which also writes the picture)",
         description="Run the optimizers with torch.optim and our backends and print how they compare.",
     )
     output = compare.add_mutually_exclusive_group()
@@ -105,10 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="print CSV instead of tables")
     compare.add_argument("--out", type=_picture_path, default=None, help="also write the picture to this PNG file")
     plot = commands.add_parser(
-        "plot", parents=[shared], help="draw the paths and loss curves to a PNG",
+        "plot",
+        parents=[shared],
+        help="draw the paths and loss curves to a PNG",
         description="Draw each optimizer's path on the 2-D test functions and the network's loss curves.",
     )
-    plot.add_argument("--out", type=_picture_path, default=DEFAULT_PICTURE, help=f"the PNG file to write (default: {DEFAULT_PICTURE})")
+    plot.add_argument(
+        "--out", type=_picture_path, default=DEFAULT_PICTURE, help=f"the PNG file to write (default: {DEFAULT_PICTURE})"
+    )
     return parser
 
 
@@ -144,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         from .plot import draw
 
         draw(results, args.out, args.steps, args.dtype)
-        print(f"wrote {args.out}", file=sys.stderr if args.command == "compare" and (args.json or args.csv) else sys.stdout)
+        print(
+            f"wrote {args.out}",
+            file=sys.stderr if args.command == "compare" and (args.json or args.csv) else sys.stdout,
+        )
     return 0
 
 
@@ -164,8 +200,13 @@ def _run_all(args: Any) -> list:
     chosen = problems(args.problem, args.seed, args.steps)
     results = []
     # disable=None: a progress bar on a terminal, silence in pipes and logs.
-    with tqdm(total=len(chosen) * len(args.optimizers) * len(implementations), disable=None, unit="run",
-              file=sys.stderr, leave=False) as progress:
+    with tqdm(
+        total=len(chosen) * len(args.optimizers) * len(implementations),
+        disable=None,
+        unit="run",
+        file=sys.stderr,
+        leave=False,
+    ) as progress:
         for problem in chosen:
             rows = []
             for name in args.optimizers:

@@ -38,7 +38,7 @@ def draw(results: list[tuple[Problem, list[Row]]], path: str, steps: int, dtype:
         rows, columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows), dpi=DPI, squeeze=False
     )
     names = list(dict.fromkeys(row.optimizer for _, problem_rows in results for row in problem_rows))
-    palette = [*plt.get_cmap("tab10").colors, "black"]
+    palette = [*plt.get_cmap("tab10").colors, "black"]  # type: ignore[attr-defined]  # a ListedColormap
     colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     for axis, (problem, problem_rows) in zip(axes.flat, results):
         if problem.view is not None:
@@ -46,7 +46,7 @@ def draw(results: list[tuple[Problem, list[Row]]], path: str, steps: int, dtype:
         else:
             _loss_curves(axis, problem, problem_rows, colors)
         axis.set_title(problem.title, fontsize=10)
-    for axis in axes.flat[len(results):]:
+    for axis in axes.flat[len(results) :]:
         axis.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
@@ -67,14 +67,23 @@ def _lines(row: Row):
 def _paths(axis, problem: Problem, rows: list[Row], colors) -> None:
     from matplotlib.colors import LogNorm
 
+    assert problem.view is not None and problem.minimum is not None, "only 2-D problems are drawn as paths"
     (x_low, x_high), (y_low, y_high) = problem.view
     x, y = np.meshgrid(np.linspace(x_low, x_high, 300), np.linspace(y_low, y_high, 300))
     surface = problem.loss(numpy_math(), [np.stack([x, y])], problem.data(None))
     surface = surface - surface.min() + 1e-3  # log-spaced levels need a positive surface
-    axis.contourf(x, y, surface, levels=np.geomspace(surface.min(), surface.max(), 30), cmap="Greys_r", alpha=0.55,
-                  norm=LogNorm())
-    axis.contour(x, y, surface, levels=np.geomspace(surface.min(), surface.max(), 15), colors="white",
-                 linewidths=0.4, norm=LogNorm())
+    axis.contourf(
+        x, y, surface, levels=np.geomspace(surface.min(), surface.max(), 30), cmap="Greys_r", alpha=0.55, norm=LogNorm()
+    )
+    axis.contour(
+        x,
+        y,
+        surface,
+        levels=np.geomspace(surface.min(), surface.max(), 15),
+        colors="white",
+        linewidths=0.4,
+        norm=LogNorm(),
+    )
     for row in rows:
         for run, style, label in _lines(row):
             axis.plot(run.path[:, 0], run.path[:, 1], color=colors[row.optimizer], label=label, **style)

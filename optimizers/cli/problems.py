@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -134,8 +135,17 @@ def _make_problems(seed: int, steps: int) -> dict[str, Problem]:
             _no_data,
             target=1e-2,
             learning_rates=dict(
-                SGD=1e-3, Momentum=1e-3, Nesterov=1e-3, Adam=0.3, AdamW=0.3, Adamax=0.3, NAdam=0.3,
-                RAdam=3e-3, Adagrad=0.3, RMSprop=0.03, Adadelta=3.0,
+                SGD=1e-3,
+                Momentum=1e-3,
+                Nesterov=1e-3,
+                Adam=0.3,
+                AdamW=0.3,
+                Adamax=0.3,
+                NAdam=0.3,
+                RAdam=3e-3,
+                Adagrad=0.3,
+                RMSprop=0.03,
+                Adadelta=3.0,
             ),
             view=((-2.0, 2.0), (-1.0, 3.0)),
             minimum=(1.0, 1.0),
@@ -148,8 +158,17 @@ def _make_problems(seed: int, steps: int) -> dict[str, Problem]:
             _no_data,
             target=1e-2,
             learning_rates=dict(
-                SGD=0.01, Momentum=1e-3, Nesterov=1e-3, Adam=0.1, AdamW=0.1, Adamax=0.3, NAdam=0.1,
-                RAdam=0.01, Adagrad=1.0, RMSprop=0.03, Adadelta=3.0,
+                SGD=0.01,
+                Momentum=1e-3,
+                Nesterov=1e-3,
+                Adam=0.1,
+                AdamW=0.1,
+                Adamax=0.3,
+                NAdam=0.1,
+                RAdam=0.01,
+                Adagrad=1.0,
+                RMSprop=0.03,
+                Adadelta=3.0,
             ),
             view=((-4.5, 4.5), (-4.5, 4.5)),
             minimum=(3.0, 0.5),
@@ -162,8 +181,17 @@ def _make_problems(seed: int, steps: int) -> dict[str, Problem]:
             lambda step: (np.zeros(2) if step is None else noise[step],),
             target=0.1,
             learning_rates=dict(
-                SGD=0.03, Momentum=3e-3, Nesterov=0.01, Adam=0.1, AdamW=0.1, Adamax=0.1, NAdam=0.1,
-                RAdam=0.03, Adagrad=0.3, RMSprop=0.03, Adadelta=3.0,
+                SGD=0.03,
+                Momentum=3e-3,
+                Nesterov=0.01,
+                Adam=0.1,
+                AdamW=0.1,
+                Adamax=0.1,
+                NAdam=0.1,
+                RAdam=0.03,
+                Adagrad=0.3,
+                RMSprop=0.03,
+                Adadelta=3.0,
             ),
             view=((-5.0, 5.0), (-3.0, 3.0)),
             minimum=(0.0, 0.0),
@@ -176,8 +204,17 @@ def _make_problems(seed: int, steps: int) -> dict[str, Problem]:
             lambda step: _digits_data(),
             target=0.1,
             learning_rates=dict(
-                SGD=1.0, Momentum=0.1, Nesterov=0.1, Adam=0.01, AdamW=0.01, Adamax=0.03, NAdam=0.01,
-                RAdam=0.03, Adagrad=0.1, RMSprop=3e-3, Adadelta=1.0,
+                SGD=1.0,
+                Momentum=0.1,
+                Nesterov=0.1,
+                Adam=0.01,
+                AdamW=0.01,
+                Adamax=0.03,
+                NAdam=0.01,
+                RAdam=0.03,
+                Adagrad=0.1,
+                RMSprop=3e-3,
+                Adadelta=1.0,
             ),
         ),
     }

@@ -30,7 +30,7 @@ class Divergence:
     ulps: float
 
     @classmethod
-    def between(cls, run: Run, reference: Run) -> "Divergence":
+    def between(cls, run: Run, reference: Run) -> Divergence:
         a, b = run.path, reference.path
         with np.errstate(invalid="ignore", over="ignore"):
             difference = np.abs(a - b)
@@ -87,8 +87,12 @@ def to_json(settings: dict[str, Any], results: list[tuple[Problem, list[Row]]]) 
             "schema_version": SCHEMA_VERSION,
             "settings": settings,
             "problems": [
-                {"name": problem.name, "title": problem.title, "target_loss": problem.target,
-                 "results": [row.record(problem) for row in rows]}
+                {
+                    "name": problem.name,
+                    "title": problem.title,
+                    "target_loss": problem.target,
+                    "results": [row.record(problem) for row in rows],
+                }
                 for problem, rows in results
             ],
         },
@@ -97,8 +101,16 @@ def to_json(settings: dict[str, Any], results: list[tuple[Problem, list[Row]]]) 
 
 
 CSV_COLUMNS = (
-    "problem", "optimizer", "implementation", "lr", "final_loss", "steps_to_target", "median_step_seconds",
-    "max_abs_diff_vs_reference", "max_ulps_vs_reference", "reference",
+    "problem",
+    "optimizer",
+    "implementation",
+    "lr",
+    "final_loss",
+    "steps_to_target",
+    "median_step_seconds",
+    "max_abs_diff_vs_reference",
+    "max_ulps_vs_reference",
+    "reference",
 )
 REFERENCES = {"torch": "torch.optim", "jax": "torch"}
 
@@ -113,12 +125,20 @@ def to_csv(results: list[tuple[Problem, list[Row]]]) -> str:
             for name, run in row.runs.items():
                 reference = REFERENCES.get(name)
                 found = row.divergence(name, reference) if reference else None
-                writer.writerow([
-                    problem.name, row.optimizer, name, row.lr, run.losses[-1], run.steps_to(problem.target),
-                    float(np.median(run.step_seconds)),
-                    "" if found is None else found.absolute, "" if found is None else found.ulps,
-                    reference if found is not None else "",
-                ])
+                writer.writerow(
+                    [
+                        problem.name,
+                        row.optimizer,
+                        name,
+                        row.lr,
+                        run.losses[-1],
+                        run.steps_to(problem.target),
+                        float(np.median(run.step_seconds)),
+                        "" if found is None else found.absolute,
+                        "" if found is None else found.ulps,
+                        reference if found is not None else "",
+                    ]
+                )
     return out.getvalue()
 
 
@@ -142,20 +162,31 @@ def table(problem: Problem, rows: list[Row], steps: int, dtype: str) -> str:
     """The human-readable comparison of one problem."""
     names = [name for name in ("torch.optim", "torch", "jax") if any(name in row.runs for row in rows)]
     together = "/".join(names)
-    header = ["optimizer", "lr", *(f"loss {name}" for name in names), f"steps to ≤{problem.target:g}",
-              "Δ torch vs torch.optim", "Δ jax vs torch", "µs/step"]
+    header = [
+        "optimizer",
+        "lr",
+        *(f"loss {name}" for name in names),
+        f"steps to ≤{problem.target:g}",
+        "Δ torch vs torch.optim",
+        "Δ jax vs torch",
+        "µs/step",
+    ]
     body = []
     for row in rows:
         runs = [row.runs[name] for name in names]
-        body.append([
-            row.optimizer,
-            f"{row.lr:g}",
-            *(_loss(run.losses[-1]) for run in runs),
-            "/".join("-" if run.steps_to(problem.target) is None else str(run.steps_to(problem.target)) for run in runs),
-            _divergence(row.divergence("torch", "torch.optim")),
-            _divergence(row.divergence("jax", "torch")),
-            "/".join(f"{1e6 * np.median(run.step_seconds):.0f}" for run in runs),
-        ])
+        body.append(
+            [
+                row.optimizer,
+                f"{row.lr:g}",
+                *(_loss(run.losses[-1]) for run in runs),
+                "/".join(
+                    "-" if run.steps_to(problem.target) is None else str(run.steps_to(problem.target)) for run in runs
+                ),
+                _divergence(row.divergence("torch", "torch.optim")),
+                _divergence(row.divergence("jax", "torch")),
+                "/".join(f"{1e6 * np.median(run.step_seconds):.0f}" for run in runs),
+            ]
+        )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         f"{problem.title}: {steps} steps in {dtype}",
@@ -164,6 +195,8 @@ def table(problem: Problem, rows: list[Row], steps: int, dtype: str) -> str:
         f"  µs/step: median time of one optimizer.step() ({together}).",
     ]
     for line in [header, *body]:
-        cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths))]
+        cells = [
+            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths))
+        ]
         lines.append("  ".join(cells))
     return "\n".join(lines)
