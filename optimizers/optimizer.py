@@ -226,9 +226,9 @@ class Optimizer(torch.optim.Optimizer):
         JAX backend.  See :class:`backends.jax_functional.Functional`.
         """
         if isinstance(where, type):
-            # The constructor validates and fills in the defaults; one placeholder parameter
-            # stands for the pytree ``init`` will be given.
-            where = where([np.zeros((), np.float32)], backend="jax", **hyperparameters)
+            # The constructor validates and fills in the defaults; one placeholder parameter (a
+            # matrix, which every rule takes) stands for the pytree ``init`` will be given.
+            where = where([np.zeros((1, 1), np.float32)], backend="jax", **hyperparameters)
         elif hyperparameters:
             raise TypeError(
                 "opt.functional() takes the hyperparameters of the optimizer's param group; "

@@ -1,0 +1,57 @@
+"""Every algorithm trains a small torch model, bit for bit as torch.optim, without importing JAX.
+
+Run as a script in an environment with ``pip install optimizers`` and no extras (``.ci/run``
+does, from the built wheel), and by ``tests/test_packaging.py`` with JAX made unimportable.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import optimizers
+
+
+def train(module, name: str) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    if name == "SparseAdam":
+        parameters = list(embedding.parameters())
+    elif name == "Muon":  # matrices only
+        parameters = [p for p in model.parameters() if p.dim() == 2]
+    else:
+        parameters = list(model.parameters())
+    optimizer = getattr(module, name)(parameters)
+    data = torch.randn(16, 4)
+
+    def closure():
+        optimizer.zero_grad()
+        if name == "SparseAdam":
+            loss = embedding(torch.arange(10) % 7).square().sum()
+        else:
+            loss = model(data).square().mean()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        optimizer.step(closure)
+    return [p.detach().clone() for p in parameters]
+
+
+def main() -> int:
+    names = [name for name in optimizers.__all__ if isinstance(getattr(optimizers, name), type)]
+    names = [name for name in names if name != "Optimizer"]
+    for name in names:
+        ours, theirs = train(optimizers, name), train(torch.optim, name)
+        if not all(torch.equal(a, b) for a, b in zip(ours, theirs)):
+            raise AssertionError(f"{name} differs from torch.optim.{name}")
+    if sys.modules.get("jax") is not None:
+        raise AssertionError("the torch side imported JAX")
+    print(f"{len(names)} algorithms trained as torch.optim without JAX")
+    return len(names)
+
+
+if __name__ == "__main__":
+    main()
