@@ -1,4 +1,4 @@
-"""Checking a state dict before it loads: every entry against what the optimizer would create.
+"""Loading a state dict: every entry checked against what the optimizer would create, then converted.
 
 torch.optim checks the group and parameter counts; a state entry of another shape or
 type loads there and fails at a later step, half-applied.  Here a state dict that does
@@ -8,14 +8,17 @@ not fit raises a ValueError naming the first misfit, and nothing changes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from copy import deepcopy
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
 import backends
 
-__all__ = ["check_loadable"]
+__all__ = ["check_loadable", "loaded"]
 
 
 def check_loadable(optimizer: Any, state_dict: Mapping[str, Any]) -> None:
@@ -49,6 +52,44 @@ def check_loadable(optimizer: Any, state_dict: Mapping[str, Any]) -> None:
         for saved_id, param in zip(saved["params"], group["params"]):
             if saved_id in saved_state:
                 _check_loaded_state(optimizer, saved_id, saved_state[saved_id], param, h)
+
+
+def loaded(optimizer: Any, state_dict: Mapping[str, Any]) -> tuple[defaultdict, list[dict[str, Any]]]:
+    """``(state, param_groups)`` of a checked ``state_dict``, for ``optimizer.__setstate__``.
+
+    Parameters are matched by order; state arrays of any framework become this backend's
+    arrays, cast as torch.optim casts them; counters keep their dtype.
+    """
+    backend, rule = optimizer._backend, optimizer._rule
+    saved_groups = deepcopy(state_dict["param_groups"])
+    saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
+    params = list(chain.from_iterable(g["params"] for g in optimizer.param_groups))
+    param_of = dict(zip(saved_ids, params))
+
+    def convert(value: Any, param: Any, key: Any = None) -> Any:
+        if key in optimizer.counters:  # stored by __setstate__, in their own dtype
+            return value
+        if hasattr(value, "__dlpack__"):  # an array of any framework
+            dtype = backends.compute_dtype(backend, rule, backend.value(param))
+            return backend.load_state_value(value, param, dtype)
+        if isinstance(value, dict):
+            return {k: convert(v, param, k) for k, v in value.items()}
+        if isinstance(value, Iterable) and not isinstance(value, str):
+            sequence_type: Any = type(value)
+            return sequence_type(convert(v, param) for v in value)
+        return value
+
+    state: defaultdict = defaultdict(dict)
+    for saved_id, value in state_dict["state"].items():
+        if saved_id in param_of:
+            state[param_of[saved_id]] = convert(value, param_of[saved_id])
+        else:  # state not tied to a parameter is kept as it is, as torch.optim does
+            state[saved_id] = value
+    for group, saved in zip(optimizer.param_groups, saved_groups):
+        saved["params"] = group["params"]
+        if "param_names" in group and "param_names" not in saved:
+            saved["param_names"] = group["param_names"]
+    return state, saved_groups
 
 
 def _check_loaded_state(optimizer: Any, saved_id: Any, entry: Any, param: Any, h: Any) -> None:

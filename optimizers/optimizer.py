@@ -6,8 +6,7 @@ import functools
 import inspect
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from copy import deepcopy
+from collections.abc import Callable, Iterator, Mapping
 from itertools import chain
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch.optim.optimizer import required
 
 import backends
 
-from .checkpoint import check_loadable
+from .checkpoint import check_loadable, loaded
 from .validation import state_dtype_name, with_torch_truth_error
 
 __all__ = ["Optimizer", "required", "signature_arguments"]
@@ -490,9 +489,9 @@ class Optimizer(torch.optim.Optimizer):
         backend and cast like torch.optim casts them (floating state to the
         parameter's dtype), except counters, which keep their dtype as ``step``
         does (torch.optim casts NAdam's float32 ``mu_product`` to a float64
-        parameter's dtype, so its resumed run drifts from an uninterrupted one).  Flags missing from a state dict
-        written before they existed take this class's defaults.  Nothing changes
-        unless the whole state dict loads.
+        parameter's dtype, so its resumed run drifts from an uninterrupted one).
+        Flags missing from a state dict written before they existed take this
+        class's defaults.  Nothing changes unless the whole state dict loads.
         """
         if not isinstance(state_dict, Mapping):
             raise ValueError(f"a state dict must be a dict, but got {type(state_dict).__name__}")
@@ -502,35 +501,7 @@ class Optimizer(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         check_loadable(self, state_dict)
-        groups = self.param_groups
-        saved_groups = deepcopy(state_dict["param_groups"])
-        saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
-        params = list(chain.from_iterable(g["params"] for g in groups))
-        param_of = dict(zip(saved_ids, params))
-
-        def convert(value: Any, param: Any, key: Any = None) -> Any:
-            if key in self.counters:  # stored by __setstate__, in their own dtype
-                return value
-            if hasattr(value, "__dlpack__"):  # an array of any framework
-                dtype = backends.compute_dtype(self._backend, self._rule, self._backend.value(param))
-                return self._backend.load_state_value(value, param, dtype)
-            if isinstance(value, dict):
-                return {k: convert(v, param, k) for k, v in value.items()}
-            if isinstance(value, Iterable) and not isinstance(value, str):
-                sequence_type: Any = type(value)
-                return sequence_type(convert(v, param) for v in value)
-            return value
-
-        state: defaultdict = defaultdict(dict)
-        for saved_id, value in state_dict["state"].items():
-            if saved_id in param_of:
-                state[param_of[saved_id]] = convert(value, param_of[saved_id])
-            else:  # state not tied to a parameter is kept as it is, as torch.optim does
-                state[saved_id] = value
-        for group, saved in zip(groups, saved_groups):
-            saved["params"] = group["params"]
-            if "param_names" in group and "param_names" not in saved:
-                saved["param_names"] = group["param_names"]
+        state, saved_groups = loaded(self, state_dict)
         self.__setstate__({"state": state, "param_groups": saved_groups})
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
