@@ -11,6 +11,7 @@ from .adafactor import Adafactor
 from .adagrad import Adadelta, Adagrad, RMSprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .lbfgs import LBFGS
+from .lion import Lion
 from .muon import Muon
 from .optax_adapter import as_optax
 from .optimizer import Optimizer, required
@@ -27,6 +28,7 @@ __all__ = [
     "Adamax",
     "AdamW",
     "LBFGS",
+    "Lion",
     "Muon",
     "NAdam",
     "Optimizer",

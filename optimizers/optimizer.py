@@ -525,12 +525,18 @@ class Optimizer(torch.optim.Optimizer):
         super().__setstate__({"skip_nonfinite": False, "skipped_steps": 0, "state_dtype": None, **state})
         self._backend_memory = {}  # it held the replaced state
         # A flag missing from an older checkpoint means the behaviour from before the
-        # flag existed: the class's default for it.
+        # flag existed: the class's default for it.  A key the constructor derives (Lion's
+        # lr for a decoupled decay), missing from a reference's checkpoint, takes this
+        # optimizer's value.
         signature = inspect.signature(type(self).__init__).parameters
         for group in self.param_groups:
             for key in self.defaults:
-                if key not in group and key in signature and signature[key].default is not inspect.Parameter.empty:
+                if key in group:
+                    continue
+                if key in signature and signature[key].default is not inspect.Parameter.empty:
                     group[key] = signature[key].default
+                elif key not in signature:
+                    group[key] = self.defaults[key]
         # Counters come back as Python numbers (old torch checkpoints), as another
         # framework's arrays: store each as this backend stores counters.
         for held in self.state.values():

@@ -1,4 +1,4 @@
-"""Every algorithm trains a small torch model, bit for bit as torch.optim, without importing JAX.
+"""Every algorithm trains a small torch model (bit for bit as torch.optim where it has the class) without JAX.
 
 Run as a script in an environment with ``pip install optimizers`` and no extras (``.ci/run``
 does, from the built wheel), and by ``tests/test_packaging.py`` with JAX made unimportable.
@@ -44,9 +44,12 @@ def main() -> int:
     names = [name for name in optimizers.__all__ if isinstance(getattr(optimizers, name), type)]
     names = [name for name in names if name != "Optimizer"]
     for name in names:
-        ours, theirs = train(optimizers, name), train(torch.optim, name)
-        if not all(torch.equal(a, b) for a, b in zip(ours, theirs)):
-            raise AssertionError(f"{name} differs from torch.optim.{name}")
+        ours = train(optimizers, name)
+        if hasattr(torch.optim, name):
+            if not all(torch.equal(a, b) for a, b in zip(ours, train(torch.optim, name))):
+                raise AssertionError(f"{name} differs from torch.optim.{name}")
+        elif not all(bool(torch.isfinite(p).all()) for p in ours):  # beyond torch.optim: tested on its own
+            raise AssertionError(f"{name} trained to non-finite values")
     if sys.modules.get("jax") is not None:
         raise AssertionError("the torch side imported JAX")
     print(f"{len(names)} algorithms trained as torch.optim without JAX")
