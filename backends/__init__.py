@@ -61,6 +61,10 @@ class HostMath:
         return math.sqrt(value)
 
     @staticmethod
+    def log(value: Any) -> Any:
+        return math.log(value)
+
+    @staticmethod
     def cast_like(value: Any, like: Any) -> Any:
         """``value`` in the dtype of the counter ``like`` (NumPy scalars keep float32 rounding)."""
         return np.asarray(value, dtype=np.asarray(like).dtype)[()]

@@ -170,6 +170,7 @@ class TracedMath:
 
     where = staticmethod(jnp.where)
     sqrt = staticmethod(jnp.sqrt)
+    log = staticmethod(jnp.log)
 
     @staticmethod
     def cast_like(value, like):

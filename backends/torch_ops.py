@@ -170,5 +170,9 @@ class TensorMath:
         return torch.sqrt(value) if isinstance(value, torch.Tensor) else math.sqrt(value)
 
     @staticmethod
+    def log(value):
+        return torch.log(value) if isinstance(value, torch.Tensor) else math.log(value)
+
+    @staticmethod
     def cast_like(value, like):
         return torch.as_tensor(value).to(like.dtype)

@@ -10,6 +10,7 @@ tx = optimizers.as_optax(opt)                                 # an optax.Gradien
 from .adafactor import Adafactor
 from .adagrad import Adadelta, Adagrad, RMSprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .ademamix import AdEMAMix
 from .lbfgs import LBFGS
 from .lion import Lion
 from .muon import Muon
@@ -26,6 +27,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "Adamax",
+    "AdEMAMix",
     "AdamW",
     "LBFGS",
     "Lion",
