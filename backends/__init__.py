@@ -41,6 +41,8 @@ class Rule(NamedTuple):
     initial_counters: tuple[Any, ...]  # their values before the first step (see counter_array)
     real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
     state_dtype: str | None = None  # "float32": narrower real parameters step and keep state in it
+    # gradient_scalars(ops, grads, h) -> dict of numbers from every gradient of the step, or None
+    gradient_scalars: Callable | None = None
 
 
 class HostMath:

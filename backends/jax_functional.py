@@ -173,12 +173,16 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         states = _flatten_like(structure, state, "state")
         numbers = {**defaults, **_checked_overrides(defaults, hyperparams or {})}
         stepping = [i for i, grad in enumerate(grad_leaves) if grad is not None]
+        step_grads = [_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]
+        if rule.gradient_scalars is not None and step_grads:
+            h = Scalars(_shared(rule, switches[0], numbers))
+            numbers = {**numbers, **rule.gradient_scalars(JaxOps, step_grads, h)}
         new_values, new_states = _traced_step(
             rule,
             switches,
             [numbers],
             [[values[i] for i in stepping]],
-            [[_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]],
+            [step_grads],
             [[states[i] for i in stepping]],
         )
         values, states = list(values), list(states)

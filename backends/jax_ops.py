@@ -102,6 +102,14 @@ class JaxOps:
         return _wide_matmul(m1, m2).astype(m1.dtype)
 
     @staticmethod
+    def sum(x):
+        return jnp.sum(x)
+
+    @staticmethod
+    def astype(x, dtype):
+        return x.astype(dtype)
+
+    @staticmethod
     def addmm(x, m1, m2, beta=1.0, alpha=1.0):
         """beta * x + alpha * (m1 @ m2), rounded once to x's dtype, as torch's CPU addmm."""
         product = _wide_matmul(m1, m2)

@@ -59,6 +59,12 @@ class Ops(Protocol):
 
     def mean(self, x: Array, axis: Any = None, keepdims: bool = False) -> Array: ...
 
+    def sum(self, x: Array) -> Array:
+        """The sum of all elements, a 0-d array of x's dtype."""
+
+    def astype(self, x: Array, dtype: str) -> Array:
+        """``x`` in the dtype named ``dtype`` ("float32")."""
+
     def dot(self, x: Array, y: Array) -> Array:
         """Of two vectors, a 0-d array."""
 

@@ -185,7 +185,8 @@ class Traced:
         return self._record("sub", self, other)
 
     def __rsub__(self, other):
-        return self._record("rsub", self, other)
+        # torch's rsub has no out= form; other + (-self) is the same IEEE difference.
+        return self._record("add", self._record("neg", self), other)
 
     def __mul__(self, other):
         return self._record("mul", self, other)

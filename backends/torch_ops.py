@@ -79,6 +79,14 @@ class TorchOps:
         return torch.mean(x, dim=axis, keepdim=keepdims)
 
     @staticmethod
+    def sum(x):
+        return torch.sum(x)
+
+    @staticmethod
+    def astype(x, dtype):
+        return x.to(getattr(torch, dtype))
+
+    @staticmethod
     def addmm(x, m1, m2, beta=1.0, alpha=1.0):
         """beta * x + alpha * (m1 @ m2), rounded once to x's dtype."""
         return torch.addmm(x, m1, m2, beta=beta, alpha=alpha)

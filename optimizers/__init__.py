@@ -10,6 +10,7 @@ tx = optimizers.as_optax(opt)                                 # an optax.Gradien
 from .adafactor import Adafactor
 from .adagrad import Adadelta, Adagrad, RMSprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .adan import Adan
 from .ademamix import AdEMAMix
 from .lbfgs import LBFGS
 from .lion import Lion
@@ -28,6 +29,7 @@ __all__ = [
     "Adam",
     "Adamax",
     "AdEMAMix",
+    "Adan",
     "AdamW",
     "LBFGS",
     "Lion",

@@ -198,6 +198,12 @@ class Optimizer(torch.optim.Optimizer):
         """
         return {}, counters
 
+    #: ``gradient_scalars(ops, grads, h) -> dict`` or None: numbers the rule reads that depend
+    #: on every gradient of the step (all groups), such as a global gradient-norm clip.  Run once
+    #: per step before any parameter moves, with the last group's ``h`` (on JAX's functional
+    #: form, traced); ``coefficients`` then finds them among the numbers.
+    gradient_scalars: Callable | None = None
+
     @staticmethod
     def initial_state(ops: Any, param: Any, h: Any) -> dict[str, Any]:
         """The arrays of a parameter's state before its first step (torch.optim's lazy init)."""
@@ -322,6 +328,10 @@ class Optimizer(torch.optim.Optimizer):
         if self._has_initial_state:
             for group in self.param_groups:
                 self._init_group(group)
+        if self.gradient_scalars is not None and stepping:
+            grads = [p.grad for _, params in stepping for p in params]
+            found = self.gradient_scalars(self._backend.ops, grads, self._host_scalars(stepping[-1][0]))
+            stepping = [({**group, **found}, params) for group, params in stepping]
         work = [
             (group, params, self._host_scalars(group, foreach=self._backend.foreach(group, params)))
             for group, params in stepping
@@ -402,6 +412,7 @@ class Optimizer(torch.optim.Optimizer):
             tuple(self.counters.values()),
             self.complex_as_real,
             self.state_dtype,
+            self.gradient_scalars,
         )
 
     def _host_scalars(
