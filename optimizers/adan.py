@@ -93,7 +93,6 @@ class Adan(Optimizer):
             if not 0.0 <= betas[index] < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
         check_fused(fused, foreach, False)
-        betas = tuple(betas)
         super().__init__(**signature_arguments(Adan.__init__, locals()))
 
     @staticmethod

@@ -80,7 +80,6 @@ class AdEMAMix(Optimizer):
         check_nonnegative(weight_decay, "weight_decay value")
         check_nonnegative(alpha, "alpha value")
         check_fused(fused, foreach, False)
-        betas = tuple(betas)
         super().__init__(**signature_arguments(AdEMAMix.__init__, locals()))
 
     @staticmethod

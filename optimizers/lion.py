@@ -63,7 +63,6 @@ class Lion(Optimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         check_fused(fused, foreach, False)
-        betas = tuple(betas)
         super().__init__(**signature_arguments(Lion.__init__, locals()))
         # lion-pytorch divides a decoupled decay by the constructor's lr, for every group.
         self.defaults["initial_lr_of_decay"] = lr
