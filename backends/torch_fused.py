@@ -102,16 +102,20 @@ class Piece:
             self.values, self.grads = _shaped(self.value, params), _shaped(self.grad, params)
             self.states = tuple(_flatten([held[key] for held in self.helds]) for key in keys)
         self.arrays = self._arrays(self.helds)
+        # A rule may add entries to an existing state dict (Adan's previous gradient).
+        self.entry_counts = [len(held) if held else 0 for held in self.helds]
 
     def _arrays(self, helds: list) -> list:
         return [held[key] for held in helds for key in self.keys]
 
     def holds(self, state: dict) -> bool:
         """Whether the plan still stands: the same state tensors (``load_state_dict`` replaces
-        them) and, in place, the parameter's memory (``module.to()`` replaces it)."""
+        them, a step may add some) and, in place, the parameter's memory (``module.to()``
+        replaces it)."""
         helds: list[Any] = [state.get(p) for p in self.params]
         return (
             all(map(operator.is_, helds, self.helds))
+            and [len(held) if held else 0 for held in helds] == self.entry_counts
             and all(map(operator.is_, self._arrays(helds), self.arrays))
             and (not self.in_place or self.params[0].data_ptr() == self.value.data_ptr())
         )
