@@ -43,6 +43,8 @@ class Rule(NamedTuple):
     state_dtype: str | None = None  # "float32": narrower real parameters step and keep state in it
     # gradient_scalars(ops, grads, h) -> dict of numbers from every gradient of the step, or None
     gradient_scalars: Callable | None = None
+    group_counters: tuple[str, ...] = ()  # numbers kept per param group, advanced once per step
+    advance_group: Callable | None = None  # advance_group(math, numbers) -> the advanced group counters
 
 
 class HostMath:

@@ -149,10 +149,14 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
     group_switches = rule.switches(group)
     switches = (static(group_switches),)
     defaults = hyperparameters(group, group_switches)
+    # Counters the object form keeps in the param group ride in every leaf's state here (one
+    # copy each, advanced together), so the state stays a pytree shaped like the parameters.
+    group_counters = {name: defaults.pop(name) for name in rule.group_counters}
 
     def init(params: Any) -> Any:
         leaves, structure = jax.tree_util.tree_flatten(params)
-        shared = _shared(rule, switches[0], defaults)
+        shared = _shared(rule, switches[0], {**defaults, **group_counters})
+        counters = {name: jnp.asarray(value) for name, value in group_counters.items()}
         states = []
         for leaf in leaves:
             value = jnp.asarray(leaf)
@@ -163,7 +167,8 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
             # the start here, as zeros, so the state's structure never changes.
             _, stepped = jax.eval_shape(lambda s, value=value: _leaf_step(rule, shared, value, value, s), state)
             lazy = {k: _placed_like(jnp.zeros(v.shape, v.dtype), value) for k, v in stepped.items() if k not in state}
-            states.append({**state, **lazy, INITIALIZED: jnp.zeros((), bool)} if lazy else state)
+            state = {**state, **lazy, INITIALIZED: jnp.zeros((), bool)} if lazy else state
+            states.append({**state, **counters})
         return jax.tree_util.tree_unflatten(structure, states)
 
     @jax.jit
@@ -172,6 +177,12 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         grad_leaves = _flatten_like(structure, grads, "gradients")
         states = _flatten_like(structure, state, "state")
         numbers = {**defaults, **_checked_overrides(defaults, hyperparams or {})}
+        if group_counters and states:
+            held = {name: states[0][name] for name in group_counters}
+            advanced = rule.advance_group(TracedMath, {**numbers, **held})
+            numbers = {**numbers, **advanced}
+            counters = {name: jnp.asarray(advanced[name]).astype(held[name].dtype) for name in group_counters}
+            states = [{k: v for k, v in s.items() if k not in counters} for s in states]
         stepping = [i for i, grad in enumerate(grad_leaves) if grad is not None]
         step_grads = [_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]
         if rule.gradient_scalars is not None and step_grads:
@@ -188,6 +199,8 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         values, states = list(values), list(states)
         for i, value, leaf_state in zip(stepping, new_values[0], new_states[0]):
             values[i], states[i] = value, leaf_state
+        if group_counters and states:
+            states = [{**leaf_state, **counters} for leaf_state in states]
         return jax.tree_util.tree_unflatten(structure, values), jax.tree_util.tree_unflatten(structure, states)
 
     return Functional(init, update, {k: _plain(v) for k, v in defaults.items()})

@@ -129,8 +129,8 @@ class JaxOps:
 
     @staticmethod
     def copy(x):
-        """JAX arrays are immutable: ``x`` itself is the copy."""
-        return x
+        """A buffer of its own (inside jit, free): a step donates the parameter and its state apart."""
+        return jnp.array(x, copy=True)
 
     finfo = staticmethod(jnp.finfo)
     rsqrt = staticmethod(jax.lax.rsqrt)

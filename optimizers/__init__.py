@@ -18,6 +18,7 @@ from .muon import Muon
 from .optax_adapter import as_optax
 from .optimizer import Optimizer, required
 from .rprop import Rprop
+from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import ASGD, SGD
 from .sparse_adam import SparseAdam
 
@@ -40,6 +41,8 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "SGD",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "SparseAdam",
     "as_optax",
     "required",

@@ -126,7 +126,7 @@ class Optimizer(torch.optim.Optimizer):
 
             super().__init__(**signature_arguments(Adam.__init__, locals()))
         """
-        defaults = {**(defaults or {}), **hyperparameters}
+        defaults = {**(defaults or {}), **hyperparameters, **self.group_counters}
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(f"skip_nonfinite must be a bool, but got {type(skip_nonfinite).__name__}")
         self.state_dtype = state_dtype_name(state_dtype)
@@ -197,6 +197,17 @@ class Optimizer(torch.optim.Optimizer):
         float64 number torch.optim derives bias corrections from.
         """
         return {}, counters
+
+    #: Scalars kept in each param group, as some references keep them there (Schedule-Free's
+    #: ``k``, ``lr_max``, ``weight_sum``), with their initial values: they join ``defaults`` and
+    #: so ``state_dict()["param_groups"]``.  :meth:`advance_group` advances them once per step,
+    #: for every group, before the coefficients (which read them among the numbers).
+    group_counters: dict[str, Any] = {}
+
+    @staticmethod
+    def advance_group(math: Any, numbers: dict[str, Any]) -> dict[str, Any]:
+        """A group's counters after this step, from its numbers (hyperparameters and counters)."""
+        return {}
 
     #: ``gradient_scalars(ops, grads, h) -> dict`` or None: numbers the rule reads that depend
     #: on every gradient of the step (all groups), such as a global gradient-norm clip.  Run once
@@ -325,6 +336,11 @@ class Optimizer(torch.optim.Optimizer):
         if self.skip_nonfinite and not self._backend.all_finite([p.grad for _, params in stepping for p in params]):
             self.skipped_steps += 1
             return loss
+        if self.group_counters:
+            for group in self.param_groups:
+                numbers = backends.numbers(group, self._backend.host_number, self.switches(group))
+                counters = {key: group[key] for key in self.group_counters}  # as stored: k stays an int
+                group.update(self.advance_group(backends.HostMath, {**numbers, **counters}))
         if self._has_initial_state:
             for group in self.param_groups:
                 self._init_group(group)
@@ -413,6 +429,8 @@ class Optimizer(torch.optim.Optimizer):
             self.complex_as_real,
             self.state_dtype,
             self.gradient_scalars,
+            tuple(self.group_counters),
+            self.advance_group,
         )
 
     def _host_scalars(
