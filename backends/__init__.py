@@ -44,7 +44,8 @@ class Rule(NamedTuple):
     # gradient_scalars(ops, grads, h) -> dict of numbers from every gradient of the step, or None
     gradient_scalars: Callable | None = None
     group_counters: tuple[str, ...] = ()  # numbers kept per param group, advanced once per step
-    advance_group: Callable | None = None  # advance_group(math, numbers) -> the advanced group counters
+    # advance_group(math, numbers) -> the group counters after this step
+    advance_group: Callable[..., dict] = lambda math, numbers: {}
 
 
 class HostMath:
