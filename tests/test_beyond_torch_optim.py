@@ -1,7 +1,8 @@
 """The algorithms beyond torch.optim against their references: Lion (lion-pytorch), AdEMAMix (the
-authors' code, apple/ml-ademamix) and Adan (the official sail-sg/Adan), on the torch backend bit
-for bit, on JAX to float64 rounding, and beside optax and pytorch_optimizer where those define
-the same algorithm, with the measured distance where they do not."""
+authors' code, apple/ml-ademamix), Adan (the official sail-sg/Adan) and Schedule-Free AdamW and
+SGD (schedulefree), on the torch backend bit for bit, on JAX to float64 rounding, and beside optax
+and pytorch_optimizer where those define the same algorithm, with the measured distance where
+they do not."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import pytorch_optimizer
+import schedulefree
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +24,13 @@ from .references.adan_official import Adan as OfficialAdan
 from .references.ademamix_apple import AdEMAMix as AppleAdEMAMix
 from .strategies import problems, small_floats
 
-REFERENCES = {"Lion": lion_pytorch.Lion, "AdEMAMix": AppleAdEMAMix, "Adan": OfficialAdan}
+REFERENCES = {
+    "Lion": lion_pytorch.Lion,
+    "AdEMAMix": AppleAdEMAMix,
+    "Adan": OfficialAdan,
+    "ScheduleFreeAdamW": schedulefree.AdamWScheduleFree,
+    "ScheduleFreeSGD": schedulefree.SGDScheduleFree,
+}
 
 
 @st.composite
@@ -60,19 +68,50 @@ def adan_options(draw) -> dict:
     )
 
 
-OPTIONS = {"Lion": lion_options(), "AdEMAMix": ademamix_options(), "Adan": adan_options()}
+@st.composite
+def schedule_free_options(draw, adam: bool) -> dict:
+    options = dict(
+        lr=draw(small_floats(0.0, 0.5)),
+        weight_decay=draw(st.one_of(st.just(0.0), small_floats(0.0, 0.1))),
+        warmup_steps=draw(st.one_of(st.just(0), st.integers(1, 10))),
+        r=draw(st.one_of(st.just(0.0), small_floats(0.0, 1.0))),
+        weight_lr_power=draw(small_floats(0.0, 4.0)),
+    )
+    if adam:
+        betas = (draw(small_floats(0.05, 0.99)), draw(small_floats(0.0, 0.999)))
+        return dict(options, lr=options["lr"] / 10, betas=betas, eps=draw(small_floats(1e-10, 1e-3)))
+    return dict(options, momentum=draw(small_floats(0.05, 0.99)))
+
+
+OPTIONS = {
+    "Lion": lion_options(),
+    "AdEMAMix": ademamix_options(),
+    "Adan": adan_options(),
+    "ScheduleFreeAdamW": schedule_free_options(adam=True),
+    "ScheduleFreeSGD": schedule_free_options(adam=False),
+}
 # Lion steps by a sign: gradients near zero compare the frameworks' zeros (as Rprop's).  Adan's
 # official code counts steps per group, ours per parameter: every parameter gets a gradient.
 PROBLEMS = {
     "Lion": dict(magnitudes=("ordinary", "large")),
     "AdEMAMix": dict(),
     "Adan": dict(missing_grads=False),
+    "ScheduleFreeAdamW": dict(),
+    "ScheduleFreeSGD": dict(),
 }
+
+
+def train_mode(optimizer):
+    """Schedule-Free optimizers start in eval mode, as their reference does."""
+    if hasattr(optimizer, "train"):
+        optimizer.train()
+    return optimizer
 
 
 def run_torch(cls, problem, options, dtype, **ours):
     params = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in problem.params]
-    optimizer = cls([{"params": [params[i] for i in group]} for group in problem.groups], **options, **ours)
+    groups = [{"params": [params[i] for i in group]} for group in problem.groups]
+    optimizer = train_mode(cls(groups, **options, **ours))
     for grads in problem.grads:
         for param, grad in zip(params, grads):
             param.grad = None if grad is None else torch.tensor(grad, dtype=dtype)
@@ -81,8 +120,8 @@ def run_torch(cls, problem, options, dtype, **ours):
 
 
 def run_jax(cls, problem, options):
-    optimizer = cls(
-        [{"params": [jnp.asarray(problem.params[i]) for i in group]} for group in problem.groups], **options
+    optimizer = train_mode(
+        cls([{"params": [jnp.asarray(problem.params[i]) for i in group]} for group in problem.groups], **options)
     )
     for grads in problem.grads:
         optimizer.step(
@@ -111,16 +150,23 @@ def test_the_torch_backend_is_the_reference_bit_for_bit(name, foreach, dtype, da
     problem = data.draw(problems(dtype, **PROBLEMS[name]))
     options = data.draw(OPTIONS[name])
     torch_dtype = getattr(torch, dtype)
-    ours, _ = run_torch(getattr(optimizers, name), problem, options, torch_dtype, foreach=foreach)
-    theirs, _ = run_torch(REFERENCES[name], problem, options, torch_dtype)
+    ours, ours_optimizer = run_torch(getattr(optimizers, name), problem, options, torch_dtype, foreach=foreach)
+    theirs, their_optimizer = run_torch(REFERENCES[name], problem, options, torch_dtype)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    if name.startswith("ScheduleFree"):  # the averaged point, and the counters in the param groups
+        ours_optimizer.eval(), their_optimizer.eval()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        counters = ("k", "lr_max", "weight_sum", "scheduled_lr", "train_mode")
+        for mine, reference in zip(ours_optimizer.param_groups, their_optimizer.param_groups):
+            assert {k: mine[k] for k in counters} == {k: reference[k] for k in counters}
 
 
 # Float64 agreement of the JAX backend with the torch reference.  Different sqrt and division
 # rounding (torch's CPU sqrt is not correctly rounded), FMA placement; Adan's float32 clip factor
 # is a float32 sum of squares summed in another order, so a clipped step agrees to float32 only.
-JAX_TOLERANCE = {"Lion": 1e-12, "AdEMAMix": 1e-12, "Adan": 1e-6}
+JAX_TOLERANCE = {"Lion": 1e-12, "AdEMAMix": 1e-12, "Adan": 1e-6, "ScheduleFreeAdamW": 1e-12, "ScheduleFreeSGD": 1e-12}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -153,7 +199,7 @@ def optax_run(transformation, steps=30):
 
 def ours_run(cls, steps=30, **options):
     start, noise = quadratic_steps(steps)
-    optimizer = cls(jax.tree_util.tree_map(jnp.asarray, start), **options)
+    optimizer = train_mode(cls(jax.tree_util.tree_map(jnp.asarray, start), **options))
     for n in noise:
         optimizer.step(jax.tree_util.tree_map(lambda p, e: p + jnp.asarray(e), optimizer.params, n))
     return optimizer.params
@@ -223,7 +269,7 @@ def test_adan_differs_from_optax_adan_by_its_beta2_coefficient():
 def torch_quadratic(cls, steps=30, **options):
     start, noise = quadratic_steps(steps)
     params = [torch.tensor(v, requires_grad=True) for v in start.values()]
-    optimizer = cls(params, **options)
+    optimizer = train_mode(cls(params, **options))
     for n in noise:
         for param, e in zip(params, n.values()):
             param.grad = param.detach() + torch.tensor(e)
@@ -251,21 +297,29 @@ def test_pytorch_optimizer_computes_the_same_to_rounding(name, options, theirs, 
     assert 0 < error <= tolerance
 
 
-@pytest.mark.parametrize("name", ["Lion", "AdEMAMix"])
+CHECKPOINT_OPTIONS = {
+    "Lion": dict(lr=1e-2, weight_decay=0.1),
+    "AdEMAMix": dict(lr=1e-2, alpha_warmup=5, beta3_warmup=5),
+    "ScheduleFreeAdamW": dict(lr=1e-2, warmup_steps=3, weight_decay=0.1),
+    "ScheduleFreeSGD": dict(lr=0.1, warmup_steps=3, r=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINT_OPTIONS))
 def test_a_reference_checkpoint_continues_identically_in_ours_and_back(name):
-    options = {"Lion": dict(lr=1e-2, weight_decay=0.1), "AdEMAMix": dict(lr=1e-2, alpha_warmup=5, beta3_warmup=5)}[name]
+    options = CHECKPOINT_OPTIONS[name]
     rng = np.random.default_rng(3)
     start = rng.standard_normal((4, 3))
     grads = [torch.tensor(rng.standard_normal((4, 3))) for _ in range(12)]
 
     def run(classes):
         param = torch.tensor(start, requires_grad=True)
-        optimizer = classes[0]([param], **options)
+        optimizer = train_mode(classes[0]([param], **options))
         for index, grad in enumerate(grads):
             if index == 6:  # switch implementations through a state dict
                 saved = optimizer.state_dict()
                 optimizer = classes[1]([param], **options)
-                optimizer.load_state_dict(saved)
+                optimizer.load_state_dict(saved)  # Schedule-Free: train_mode comes with the groups
             param.grad = grad.clone()
             optimizer.step()
         return param.detach()
@@ -305,3 +359,41 @@ def test_the_class_form_and_fused_steps(name):
 def test_bad_hyperparameters_are_named(name, options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         getattr(optimizers, name)([torch.zeros(2, requires_grad=True)], **options)
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])
+def test_schedule_free_is_optax_without_warmup_and_a_step_ahead_with_it(name):
+    adam = name == "ScheduleFreeAdamW"
+    lr = 0.05 if adam else 0.1
+    transformation = optax.contrib.schedule_free_adamw if adam else optax.contrib.schedule_free_sgd
+    ours = ours_run(getattr(optimizers, name), lr=lr, weight_decay=0.1)
+    assert tree_error(ours, optax_run(transformation(lr, weight_decay=0.1))) <= 1e-13
+    # optax counts its inner warmup from 0, the reference from 1: optax's first step does not move.
+    warm = ours_run(getattr(optimizers, name), lr=lr, warmup_steps=5, weight_decay=0.1)
+    assert tree_error(warm, optax_run(transformation(lr, warmup_steps=5, weight_decay=0.1))) > 1e-3
+
+
+def test_schedule_free_steps_only_in_train_mode_and_eval_params_give_x():
+    params = {"w": jnp.ones(3)}
+    gradients = [{"w": jnp.arange(3.0)}, {"w": jnp.ones(3)}]
+    optimizer = optimizers.ScheduleFreeAdamW(params, lr=0.1)
+    with pytest.raises(RuntimeError, match="not in train mode"):
+        optimizer.step(gradients[0])
+    optimizer.train()
+    for grad in gradients:
+        optimizer.step(grad)
+    init, update, _ = optimizers.ScheduleFreeAdamW.functional(lr=0.1)
+    y, state = params, init(params)
+    for grad in gradients:
+        y, state = update(grad, state, y)
+    np.testing.assert_array_equal(y["w"], optimizer.params["w"])
+    optimizer.eval()
+    x = optimizers.ScheduleFreeAdamW.eval_params(y, state, 0.9)
+    np.testing.assert_array_equal(x["w"], optimizer.params["w"])
+    theirs = optax.contrib.schedule_free_adamw(0.1)
+    their_state, their_y = theirs.init(params), params
+    for grad in gradients:
+        updates, their_state = theirs.update(grad, their_state, their_y)
+        their_y = optax.apply_updates(their_y, updates)
+    their_x = optax.contrib.schedule_free_eval_params(their_state, their_y)
+    np.testing.assert_allclose(their_x["w"], x["w"], rtol=1e-14, atol=1e-14)
