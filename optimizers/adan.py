@@ -42,16 +42,13 @@ class Adan(Optimizer):
         \qquad d_t = \frac{\sqrt{n_t}}{\sqrt{1-\beta_3^t}} + \epsilon
 
     The decay is proximal (the paper's): a division after the step.  With ``no_prox=True`` it is
-    AdamW's, :math:`\theta_{t-1}(1-\eta\lambda)` before the step.  State: ``step``, ``exp_avg``
+    AdamW's, :math:`\theta_{t-1}(1-\eta\lambda)` before the step.  State: ``exp_avg``
     (:math:`m`), ``exp_avg_sq`` (:math:`n`), ``exp_avg_diff`` (:math:`v`), ``neg_pre_grad``
-    (:math:`-\hat g_{t-1}`).
+    (:math:`-\hat g_{t-1}`); the step count :math:`t` is the param group's ``step``, as the
+    official code keeps it (advanced for every group at every step, with gradients or not).
 
     Where definitions differ:
 
-    * The official code counts steps per param group (``group["step"]``, advanced even when no
-      parameter of the group has a gradient); here each parameter counts its own steps, as
-      torch.optim's classes do.  The two agree whenever every parameter gets a gradient at
-      every step; a parameter that joins later starts its bias corrections at 1 here.
     * The official clip scales ``p.grad`` in place (it stays clipped after ``step()``); here
       gradients are not written.  It reads ``max_grad_norm`` from the constructor's defaults;
       here from the last param group (the same unless groups override it).
@@ -62,7 +59,7 @@ class Adan(Optimizer):
       ulps apart without clipping, about 1e-8 with.
     """
 
-    counters = {"step": 0}
+    group_counters = {"step": 0}
     sparse_gradients_error = "Adan does not support sparse gradients"
     complex_parameters_error = "Adan does not support complex parameters"
     gradient_scalars = staticmethod(_clip_factor)
@@ -103,6 +100,8 @@ class Adan(Optimizer):
     def coefficients(math, numbers):
         beta1, beta2, beta3 = numbers["betas"]
         lr, weight_decay = numbers["lr"], numbers["weight_decay"]
+        # Read before a group's first step too (initial state, checkpoint checks): as if at step 1.
+        t = math.where(numbers["step"] > 0, numbers["step"], 1.0)
         return dict(
             lr=lr,
             beta1=beta1,
@@ -117,17 +116,14 @@ class Adan(Optimizer):
             clip=numbers.get("clip", 1.0),
             decay_factor=1 - lr * weight_decay,
             proximal_divisor=1 + lr * weight_decay,
+            step_size=lr / (1.0 - beta1**t),
+            step_size_diff=lr * beta2 / (1.0 - beta2**t),
+            bias_correction3_sqrt=math.sqrt(1.0 - beta3**t),
         )
 
     @staticmethod
-    def schedule(math, h, counters):
-        step = counters["step"] + 1
-        t = math.float(step)
-        return dict(
-            step_size=h.lr / (1.0 - h.beta1**t),
-            step_size_diff=h.lr * h.beta2 / (1.0 - h.beta2**t),
-            bias_correction3_sqrt=math.sqrt(1.0 - h.beta3**t),
-        ), {"step": step}
+    def advance_group(math, numbers):
+        return {"step": numbers["step"] + 1}
 
     @staticmethod
     def initial_state(ops, param, h):

@@ -90,12 +90,11 @@ OPTIONS = {
     "ScheduleFreeAdamW": schedule_free_options(adam=True),
     "ScheduleFreeSGD": schedule_free_options(adam=False),
 }
-# Lion steps by a sign: gradients near zero compare the frameworks' zeros (as Rprop's).  Adan's
-# official code counts steps per group, ours per parameter: every parameter gets a gradient.
+# Lion steps by a sign: gradients near zero compare the frameworks' zeros (as Rprop's).
 PROBLEMS = {
     "Lion": dict(magnitudes=("ordinary", "large")),
     "AdEMAMix": dict(),
-    "Adan": dict(missing_grads=False),
+    "Adan": dict(),
     "ScheduleFreeAdamW": dict(),
     "ScheduleFreeSGD": dict(),
 }
@@ -300,6 +299,7 @@ def test_pytorch_optimizer_computes_the_same_to_rounding(name, options, theirs, 
 CHECKPOINT_OPTIONS = {
     "Lion": dict(lr=1e-2, weight_decay=0.1),
     "AdEMAMix": dict(lr=1e-2, alpha_warmup=5, beta3_warmup=5),
+    "Adan": dict(lr=1e-2, max_grad_norm=1.0, weight_decay=0.02),
     "ScheduleFreeAdamW": dict(lr=1e-2, warmup_steps=3, weight_decay=0.1),
     "ScheduleFreeSGD": dict(lr=0.1, warmup_steps=3, r=0.5),
 }
