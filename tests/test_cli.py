@@ -144,7 +144,7 @@ def test_names_are_case_insensitive_and_deduplicated(capsys):
 @pytest.mark.parametrize(
     "arguments, named",
     [
-        (["--optimizers", "sgd,lion"], ["'lion'", "SGD", "Adadelta"]),
+        (["--optimizers", "sgd,nadamw"], ["'nadamw'", "SGD", "Adadelta"]),
         (["--optimizers", ","], ["no optimizer", "SGD"]),
         (["--problem", "himmelblau"], ["'himmelblau'", "rosenbrock", "digits"]),
         (["--steps", "-5"], ["--steps", "-5"]),
@@ -194,7 +194,7 @@ def test_module_runs_as_a_program_and_fails_cleanly(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "Rosenbrock" in finished.stdout and (tmp_path / "optimizers.png").exists()
     assert finished.stderr == ""  # no progress bar when stderr is not a terminal
-    bad = subprocess.run([sys.executable, "-m", "optimizers", "--optimizers", "lion"], cwd=tmp_path,
+    bad = subprocess.run([sys.executable, "-m", "optimizers", "--optimizers", "nadamw"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
 

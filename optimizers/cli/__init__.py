@@ -192,7 +192,7 @@ def _run_all(args: Any) -> list:
 
     from .problems import problems
     from .report import Row
-    from .runs import run
+    from .runs import in_torch_optim, run
 
     implementations = {"torch": ("torch.optim", "torch"), "jax": ("torch.optim", "jax")}.get(
         args.backend, ("torch.optim", "torch", "jax")
@@ -213,8 +213,9 @@ def _run_all(args: Any) -> list:
                 lr = args.lr if args.lr is not None else problem.learning_rates[name]
                 runs = {}
                 for implementation in implementations:
-                    progress.set_description(f"{problem.name} {name} {implementation}")
-                    runs[implementation] = run(problem, name, implementation, lr, args.steps, args.dtype, args.seed)
+                    if implementation != "torch.optim" or in_torch_optim(name):
+                        progress.set_description(f"{problem.name} {name} {implementation}")
+                        runs[implementation] = run(problem, name, implementation, lr, args.steps, args.dtype, args.seed)
                     progress.update()
                 rows.append(Row(name, lr, runs))
             results.append((problem, rows))

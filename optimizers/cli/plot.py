@@ -38,7 +38,7 @@ def draw(results: list[tuple[Problem, list[Row]]], path: str, steps: int, dtype:
         rows, columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows), dpi=DPI, squeeze=False
     )
     names = list(dict.fromkeys(row.optimizer for _, problem_rows in results for row in problem_rows))
-    palette = [*plt.get_cmap("tab10").colors, "black"]  # type: ignore[attr-defined]  # a ListedColormap
+    palette = [*plt.get_cmap("tab20").colors, "black"]  # type: ignore[attr-defined]  # a ListedColormap
     colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     for axis, (problem, problem_rows) in zip(axes.flat, results):
         if problem.view is not None:

@@ -142,6 +142,13 @@ def to_csv(results: list[tuple[Problem, list[Row]]]) -> str:
     return out.getvalue()
 
 
+def _steps_to(run: Run | None, target: float) -> str:
+    if run is None:
+        return "—"
+    reached = run.steps_to(target)
+    return "-" if reached is None else str(reached)
+
+
 def _loss(value: float) -> str:
     return f"{value:.4g}" if np.isfinite(value) else str(value)
 
@@ -173,18 +180,17 @@ def table(problem: Problem, rows: list[Row], steps: int, dtype: str) -> str:
     ]
     body = []
     for row in rows:
-        runs = [row.runs[name] for name in names]
+        # An algorithm torch.optim does not have has no torch.optim run: "—" in its place.
+        runs = [row.runs.get(name) for name in names]
         body.append(
             [
                 row.optimizer,
                 f"{row.lr:g}",
-                *(_loss(run.losses[-1]) for run in runs),
-                "/".join(
-                    "-" if run.steps_to(problem.target) is None else str(run.steps_to(problem.target)) for run in runs
-                ),
+                *("—" if run is None else _loss(run.losses[-1]) for run in runs),
+                "/".join(_steps_to(run, problem.target) for run in runs),
                 _divergence(row.divergence("torch", "torch.optim")),
                 _divergence(row.divergence("jax", "torch")),
-                "/".join(f"{1e6 * np.median(run.step_seconds):.0f}" for run in runs),
+                "/".join("—" if run is None else f"{1e6 * np.median(run.step_seconds):.0f}" for run in runs),
             ]
         )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]

@@ -24,6 +24,12 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "Adagrad": ("Adagrad", {}),
     "RMSprop": ("RMSprop", {}),
     "Adadelta": ("Adadelta", {}),
+    # Beyond torch.optim: no torch.optim run, our two backends against each other.
+    "Lion": ("Lion", {}),
+    "AdEMAMix": ("AdEMAMix", {}),
+    "Adan": ("Adan", {}),
+    "ScheduleFreeAdamW": ("ScheduleFreeAdamW", {}),
+    "ScheduleFreeSGD": ("ScheduleFreeSGD", {}),
 }
 
 IMPLEMENTATIONS = ("torch.optim", "torch", "jax")
@@ -54,7 +60,21 @@ def optimizer_factory(name: str, implementation: str, lr: float) -> Callable[[An
         import optimizers
 
         cls = getattr(optimizers, class_name)
-    return lambda params: cls(params, lr=lr, **options)
+
+    def make(params: Any) -> Any:
+        optimizer = cls(params, lr=lr, **options)
+        if hasattr(optimizer, "train"):  # Schedule-Free: the parameters follow y while training
+            optimizer.train()
+        return optimizer
+
+    return make
+
+
+def in_torch_optim(name: str) -> bool:
+    """Whether torch.optim has the algorithm, so that it runs as the reference."""
+    import torch
+
+    return hasattr(torch.optim, CONFIGURATIONS[name][0])
 
 
 def check_hyperparameters(name: str, lr: float) -> None:
