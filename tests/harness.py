@@ -101,6 +101,23 @@ def trajectory(entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_ar
     return Run(entry, backend, problem, kwargs, lr_array).trajectory(problem.grads)
 
 
+def training_step(entry: Entry, optimizer, loss) -> None:
+    """One torch step on ``loss()``: as a training loop writes it, or through a closure where the
+    algorithm needs one (LBFGS evaluates it several times a step)."""
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    if entry.closure_required:
+        optimizer.step(closure)
+    else:
+        closure()
+        optimizer.step()
+
+
 def raised(call) -> tuple[type, str] | None:
     """The exception ``call()`` raises, as (type, message), or None."""
     try:

@@ -1,13 +1,20 @@
-"""The optimizers under property test: one entry each, with a strategy of valid hyperparameters.
+"""Every algorithm the tests know, with the facts the tests need about it: one entry each.
 
-A new algorithm joins every property (backend agreement, torch.optim parity,
-maximize, checkpoints, grouping, missing gradients) by adding one entry here.
+An entry holds a strategy of valid hyperparameters (for the property tests), one example
+setting (for the tests that train a model or compare a single run), and what the algorithm
+supports: the gradient layouts its step takes, whether it needs a closure or takes several
+param groups, fused kernels, maximize, weight decay, complex parameters, ``state_dtype``, and
+the optax transformations it can be compared with.  Tests choose the entries a property
+applies to by these capabilities, so a new algorithm joins every property that applies to
+it -- backend agreement, torch.optim parity, maximize, checkpoints, grouping, missing
+gradients, complex parameters, fused and planned steps, drop-in use, bad input -- by adding
+one entry here.  ``tests/test_torch_contract.py`` checks the option flags against the
+signatures.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from hypothesis import strategies as st
@@ -17,27 +24,93 @@ from tests.strategies import MAGNITUDES, SHAPES, small_floats
 
 
 @dataclass(frozen=True)
+class OptaxCounterpart:
+    """An optax transformation to compare the algorithm with, through ``optimizers.as_optax``."""
+
+    options: dict  # our optimizer's
+    transformation: str  # the optax function's name, e.g. "adam"
+    arguments: dict  # what that function is given
+    # Whether the two define the same algorithm (then they agree to rounding); where not, the
+    # adapter must still compute torch's rule, away from optax's.
+    same: bool
+
+
+def same_in_optax(options: dict, transformation: str, **arguments) -> OptaxCounterpart:
+    return OptaxCounterpart(options, transformation, arguments, same=True)
+
+
+def unlike_optax(options: dict, transformation: str, **arguments) -> OptaxCounterpart:
+    return OptaxCounterpart(options, transformation, arguments, same=False)
+
+
+@dataclass(frozen=True)
 class Entry:
     name: str
+    # Valid hyperparameters; each option of torch.optim's signature leaves its default in some case.
     hyperparameters: st.SearchStrategy[dict]
+    # One valid setting away from the defaults, so that an example run takes the branches of the
+    # rule (nesterov, amsgrad, centered, decoupled decay, an initial accumulator, a line search).
+    options: dict
+    # Changes to ``options`` for bfloat16 and float16 parameters.
+    low_precision_options: dict = field(default_factory=dict)
+
+    # -- what it takes -----------------------------------------------------------------------------
+    # The gradient layouts accepted: "dense", "sparse" (torch sparse COO, JAX BCOO), or both.
+    gradients: tuple[str, ...] = ("dense",)
+    # step() needs a closure, which it evaluates many times (LBFGS): the properties that feed
+    # one given gradient per step do not apply.
+    closure_required: bool = False
+    param_groups: bool = True  # takes several param groups (torch.optim's LBFGS takes one)
+    matrices_only: bool = False  # takes 2-D parameters only (Muon)
+    # Complex parameters step as torch.optim steps them; where not, torch.optim refuses them.
+    complex: bool = True
+    # The rule is elementwise per parameter, so the torch backend runs it as a plan
+    # (tests/test_plan.py); norms, matrix products, gathers and dot products over all
+    # parameters are not.
+    elementwise: bool = True
+
+    # -- its options: the first three as in torch.optim's signature --------------------------------
+    fused: bool = False
+    maximize: bool = True
+    weight_decay: bool = True
+    # Ours, float32 state for low-precision parameters (LBFGS keeps no per-parameter state).
+    state_dtype: bool = True
+
+    # -- comparing it with torch.optim and optax ---------------------------------------------------
+    # torch.optim's deep copies and unpickled copies can step (its LBFGS keeps its parameter
+    # list, ``_params``, outside what it copies: its copies raise AttributeError).
+    reference_copies_step: bool = True
+    # torch.optim adds L2 weight decay to a complex gradient before viewing it as real pairs (a
+    # complex multiply-add, rounded twice); we view first (rounded once), as its NAdam and RAdam
+    # do.  The difference is an ulp of the decayed gradient.
+    decay_before_real_view: bool = False
+    # Relative error allowed between frameworks, where the algorithm's own precision
+    # sets it (None: the contract's ACROSS_FRAMEWORKS).
+    across_frameworks: dict[str, float] | None = None
+    optax: tuple[OptaxCounterpart, ...] = ()
+
+    # -- the problems the properties generate ------------------------------------------------------
     tensor_lr: bool = True  # torch.optim accepts a one-element tensor lr
-    shapes: st.SearchStrategy[tuple] = SHAPES  # the parameter shapes the algorithm takes
+    # The parameter shapes the algorithm takes (None: SHAPES, or MATRIX_SHAPES if matrices only).
+    shapes: st.SearchStrategy[tuple] | None = None
     # Sign-based rules (Rprop): a gradient at or near zero -- 0, or a product of two tiny
     # ones that float32 holds only as a subnormal, which XLA's CPU code flushes to zero
     # and torch keeps -- turns the comparison of two frameworks into a comparison of
     # their handling of zero.  Their problems keep gradients at ordinary magnitudes.
     magnitudes: tuple[str, ...] = tuple(MAGNITUDES)
-    # Relative error allowed between frameworks, where the algorithm's own precision
-    # sets it (None: the contract's ACROSS_FRAMEWORKS).
-    across_frameworks: dict[str, float] | None = None
 
     @property
     def problem_options(self) -> dict:
-        return dict(shapes=self.shapes, magnitudes=self.magnitudes)
+        if self.shapes is not None:
+            shapes = self.shapes
+        else:
+            shapes = MATRIX_SHAPES if self.matrices_only else SHAPES
+        return dict(shapes=shapes, magnitudes=self.magnitudes)
 
     @property
-    def has_maximize(self) -> bool:
-        return "maximize" in inspect.signature(self.reference.__init__).parameters
+    def steps_on_given_gradients(self) -> bool:
+        """Whether ``step()`` takes one dense gradient per parameter, as the generated problems give."""
+        return "dense" in self.gradients and not self.closure_required
 
     @property
     def ours(self) -> type:
@@ -209,6 +282,29 @@ def muon_hyperparameters(draw) -> dict:
     )
 
 
+@st.composite
+def sparse_adam_hyperparameters(draw) -> dict:
+    # lr stays positive: torch.optim.SparseAdam refuses 0.
+    return dict(
+        lr=draw(small_floats(1e-4, 0.1)), betas=(draw(BETA1), draw(BETA2)), eps=draw(EPS), maximize=draw(st.booleans())
+    )
+
+
+@st.composite
+def lbfgs_hyperparameters(draw) -> dict:
+    kwargs = dict(
+        lr=draw(st.sampled_from([1.0, 0.5, 0.1])),
+        max_iter=draw(st.integers(1, 12)),
+        tolerance_grad=draw(st.sampled_from([1e-7, 1e-5])),
+        tolerance_change=draw(st.sampled_from([1e-9, 1e-6])),
+        history_size=draw(st.integers(1, 8)),
+        line_search_fn=draw(st.sampled_from([None, "strong_wolfe"])),
+    )
+    if draw(st.booleans()):
+        kwargs["max_eval"] = draw(st.integers(1, 20))
+    return kwargs
+
+
 # Adafactor divides by sqrt(numel): torch.optim raises ZeroDivisionError on an empty parameter.
 NONEMPTY_SHAPES = SHAPES.filter(lambda shape: 0 not in shape)
 # An empty matrix with rows only: torch.optim divides by the column count (ZeroDivisionError).
@@ -224,18 +320,77 @@ MUON_ACROSS_FRAMEWORKS = {"float64": 5e-2, "float32": 5e-2}
 REGISTRY = {
     entry.name: entry
     for entry in [
-        Entry("SGD", sgd_hyperparameters()),
-        Entry("Adam", adam_hyperparameters()),
-        Entry("AdamW", adam_hyperparameters(decoupled_option=False)),
-        Entry("Adamax", adamax_hyperparameters()),
-        Entry("NAdam", nadam_hyperparameters()),
-        Entry("RAdam", radam_hyperparameters()),
-        Entry("Adagrad", adagrad_hyperparameters()),
-        Entry("RMSprop", rmsprop_hyperparameters()),
-        Entry("Adadelta", adadelta_hyperparameters()),
-        Entry("ASGD", asgd_hyperparameters()),
-        Entry("Rprop", rprop_hyperparameters(), magnitudes=("ordinary", "large")),
-        Entry("Adafactor", adafactor_hyperparameters(), shapes=NONEMPTY_SHAPES),
-        Entry("Muon", muon_hyperparameters(), shapes=MATRIX_SHAPES, across_frameworks=MUON_ACROSS_FRAMEWORKS),
+        Entry(
+            "SGD", sgd_hyperparameters(), dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+            gradients=("dense", "sparse"), fused=True,
+            optax=(same_in_optax(dict(lr=0.05, momentum=0.9, nesterov=True), "sgd", learning_rate=0.05, momentum=0.9,
+                                 nesterov=True),),
+        ),
+        Entry(
+            "Adam", adam_hyperparameters(), dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+            fused=True, decay_before_real_view=True,
+            optax=(same_in_optax(dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), "adam", learning_rate=0.01, b1=0.8,
+                                 b2=0.99, eps=1e-6),),
+        ),
+        Entry(
+            "AdamW", adam_hyperparameters(decoupled_option=False), dict(lr=0.01),
+            fused=True, decay_before_real_view=True,
+            optax=(same_in_optax(dict(lr=0.01, weight_decay=0.1), "adamw", learning_rate=0.01, weight_decay=0.1),),
+        ),
+        Entry("Adamax", adamax_hyperparameters(), dict(lr=0.01), decay_before_real_view=True),
+        Entry(
+            "NAdam", nadam_hyperparameters(), dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
+            # optax's NAdam keeps beta1 constant; torch's follows its momentum schedule.
+            optax=(unlike_optax(dict(lr=0.01), "nadam", learning_rate=0.01),),
+        ),
+        Entry("RAdam", radam_hyperparameters(), dict(lr=0.01)),
+        Entry(
+            "Adagrad", adagrad_hyperparameters(), dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+            gradients=("dense", "sparse"), fused=True, decay_before_real_view=True,
+            # optax adds eps inside the square root and starts the accumulator at 0.1.
+            optax=(unlike_optax(dict(lr=0.1), "adagrad", learning_rate=0.1),),
+        ),
+        Entry(
+            "RMSprop", rmsprop_hyperparameters(), dict(lr=0.01, momentum=0.5, centered=True),
+            decay_before_real_view=True,
+            optax=(
+                same_in_optax(dict(lr=0.01, alpha=0.9), "rmsprop", learning_rate=0.01, decay=0.9, eps=1e-8,
+                              eps_in_sqrt=False),
+                # By default optax adds eps inside the square root, torch after it.
+                unlike_optax(dict(lr=0.01, alpha=0.9, eps=1e-2), "rmsprop", learning_rate=0.01, decay=0.9, eps=1e-2),
+            ),
+        ),
+        Entry("Adadelta", adadelta_hyperparameters(), dict(lr=0.5), decay_before_real_view=True),
+        Entry("ASGD", asgd_hyperparameters(), dict(lr=0.05, t0=2, lambd=0.01, weight_decay=0.01)),
+        Entry(
+            "Rprop", rprop_hyperparameters(), dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
+            weight_decay=False, magnitudes=("ordinary", "large"),
+        ),
+        Entry(
+            "Adafactor", adafactor_hyperparameters(), dict(lr=0.05, weight_decay=0.01, eps=(1e-20, 1e-3)),
+            # The default eps1, the dtype's machine epsilon: 1e-20 is 0 in float16.
+            low_precision_options=dict(eps=(None, 1e-3)),
+            complex=False, elementwise=False, shapes=NONEMPTY_SHAPES,
+        ),
+        Entry(
+            "Muon", muon_hyperparameters(), dict(lr=0.02, nesterov=False, adjust_lr_fn="match_rms_adamw"),
+            # torch.optim.Muon without Nesterov orthogonalizes a bfloat16 momentum buffer in place
+            # (its .bfloat16() copy is the buffer itself), so its buffer ends up normalized; with
+            # Nesterov the update is a fresh tensor and both libraries agree.
+            low_precision_options=dict(nesterov=True),
+            matrices_only=True, complex=False, elementwise=False, maximize=False,
+            across_frameworks=MUON_ACROSS_FRAMEWORKS,
+        ),
+        Entry(
+            "SparseAdam", sparse_adam_hyperparameters(), dict(lr=0.01, betas=(0.8, 0.99), maximize=True),
+            # Its constructor refuses complex parameters, as torch.optim's does (a ValueError).
+            gradients=("sparse",), complex=False, elementwise=False, weight_decay=False,
+        ),
+        Entry(
+            "LBFGS", lbfgs_hyperparameters(), dict(lr=0.5, max_iter=5, history_size=3, line_search_fn="strong_wolfe"),
+            # Sparse gradients enter its flat gradient as their dense form, as in torch.optim.
+            gradients=("dense", "sparse"), closure_required=True, param_groups=False, elementwise=False,
+            maximize=False, weight_decay=False, state_dtype=False, reference_copies_step=False,
+        ),
     ]
 }

@@ -16,35 +16,32 @@ import pytest
 import torch
 import torch.multiprocessing
 
-import optimizers
-
 from . import distributed
-from .registry import REGISTRY
+from .harness import training_step
+from .registry import REGISTRY, Entry
 
-ALGORITHMS = sorted(REGISTRY)
-
-# One valid, non-default setting per algorithm, so every branch of a rule is exercised.
-OPTIONS = {
-    "SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01),
-    "Adamax": dict(lr=0.01),
-    "NAdam": dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
-    "RAdam": dict(lr=0.01),
-    "Adagrad": dict(lr=0.05, lr_decay=0.01),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
-    "Adadelta": dict(lr=0.5),
-    "ASGD": dict(lr=0.05, t0=2, lambd=0.01, weight_decay=0.01),
-    "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
-    "Adafactor": dict(lr=0.05, weight_decay=0.01, eps=(1e-20, 1e-3)),
-    "Muon": dict(lr=0.02, nesterov=False, adjust_lr_fn="match_rms_adamw"),
-}
-assert set(OPTIONS) == set(ALGORITHMS)
+ENTRIES = list(REGISTRY.values())
+# The two-layer network: dense layers, whose gradients are dense.
+LAYERED = [entry for entry in ENTRIES if "dense" in entry.gradients]
 
 
-def network(dtype=torch.float32, name: str | None = None) -> torch.nn.Module:
+class Lookup(torch.nn.Module):
+    """A table row for each input, chosen by its largest feature: a model with sparse gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(6, 3, sparse=True)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.table(inputs.argmax(-1))
+
+
+def network(dtype=torch.float32, entry: Entry | None = None) -> torch.nn.Module:
+    """A two-layer network, or a lookup table for an algorithm that takes sparse gradients only."""
     torch.manual_seed(0)
-    bias = name != "Muon"  # Muon takes matrices only
+    if entry and "dense" not in entry.gradients:
+        return Lookup().to(dtype)
+    bias = not (entry and entry.matrices_only)
     return torch.nn.Sequential(
         torch.nn.Linear(6, 16, bias=bias), torch.nn.Tanh(), torch.nn.Linear(16, 3, bias=bias)
     ).to(dtype)
@@ -56,8 +53,9 @@ def batches(count=6, dtype=torch.float32):
             for _ in range(count)]
 
 
-def both(name):
-    return getattr(torch.optim, name), getattr(optimizers, name)
+def train_step(entry: Entry, optimizer, model, inputs, targets) -> None:
+    """One step on a batch, its loss computed in float32."""
+    training_step(entry, optimizer, lambda: torch.nn.functional.mse_loss(model(inputs).float(), targets.float()))
 
 
 def weights(model) -> list[torch.Tensor]:
@@ -69,63 +67,53 @@ def assert_bitwise(ours, reference):
         assert a.dtype == b.dtype and torch.equal(a, b), (a - b).abs().max()
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_frozen_layers_and_per_group_rates_train_a_model_as_torch_optim_does(name):
+@pytest.mark.parametrize("entry", [entry for entry in LAYERED if entry.param_groups], ids=repr)
+def test_frozen_layers_and_per_group_rates_train_a_model_as_torch_optim_does(entry):
     def run(cls):
-        model = network(name=name)
+        model = network(entry=entry)
         model[0].requires_grad_(False)  # frozen, yet handed to the optimizer, as fine-tuning scripts do
-        groups = [{"params": model[0].parameters()}, {"params": model[2].weight, "lr": OPTIONS[name]["lr"] / 10}]
+        groups = [{"params": model[0].parameters()}, {"params": model[2].weight, "lr": entry.options["lr"] / 10}]
         if model[2].bias is not None:
             groups.append({"params": [model[2].bias], "weight_decay": 0.0})
-        optimizer = cls(groups, **OPTIONS[name])
+        optimizer = cls(groups, **entry.options)
         for inputs, targets in batches():
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(inputs), targets).backward()
-            optimizer.step()
+            train_step(entry, optimizer, model, inputs, targets)
         frozen_state = [optimizer.state.get(p, {}) for p in model[0].parameters()]
         return weights(model), frozen_state, optimizer.state_dict()
 
-    reference, ours = (run(cls) for cls in both(name))
+    reference, ours = run(entry.reference), run(entry.ours)
     assert_bitwise(ours[0], reference[0])
-    frozen = len(list(network(name=name)[0].parameters()))
-    assert_bitwise(ours[0][:frozen], weights(network(name=name))[:frozen])  # the frozen layer never moved
+    frozen = len(list(network(entry=entry)[0].parameters()))
+    assert_bitwise(ours[0][:frozen], weights(network(entry=entry))[:frozen])  # the frozen layer never moved
     assert [set(s) for s in ours[1]] == [set(s) for s in reference[1]]
     assert ours[2]["param_groups"] == reference[2]["param_groups"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_low_precision_parameters_step_as_in_torch_optim(name, dtype):
-    options = dict(OPTIONS[name])
-    eps = inspect.signature(getattr(torch.optim, name)).parameters.get("eps")
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_low_precision_parameters_step_as_in_torch_optim(entry, dtype):
+    options = dict(entry.options, **entry.low_precision_options)
+    eps = inspect.signature(entry.reference).parameters.get("eps")
     if dtype == torch.float16 and eps is not None and isinstance(eps.default, float):
         options["eps"] = 1e-4  # the default 1e-8 (Adam's) underflows to 0 in float16: 0/0 in the first step
-    if name == "Adafactor":
-        options["eps"] = (None, 1e-3)  # its default: eps1 is the dtype's machine epsilon
-    if name == "Muon":
-        # torch.optim.Muon without Nesterov orthogonalizes a bfloat16 momentum buffer in place
-        # (its .bfloat16() copy is the buffer itself), so its buffer ends up normalized; with
-        # Nesterov the update is a fresh tensor and both libraries agree.
-        options["nesterov"] = True
+
     def run(cls):
-        model = network(dtype, name)
+        model = network(dtype, entry)
         optimizer = cls(model.parameters(), **options)
         for inputs, targets in batches(4, dtype):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(inputs).float(), targets.float()).backward()
-            optimizer.step()
+            train_step(entry, optimizer, model, inputs, targets)
         return weights(model) + [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
 
-    reference, ours = (run(cls) for cls in both(name))
+    reference, ours = run(entry.reference), run(entry.ours)
     assert_bitwise(ours, reference)
     assert all(torch.isfinite(tensor).all() for tensor in ours)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop"])
-def test_autocast_with_a_grad_scaler_matches_torch_optim_and_skips_overflowing_steps(name):
+@pytest.mark.parametrize("entry", [REGISTRY[name] for name in ("SGD", "Adam", "AdamW", "RMSprop")], ids=repr)
+def test_autocast_with_a_grad_scaler_matches_torch_optim_and_skips_overflowing_steps(entry):
     def run(cls):
         model = network()
-        optimizer = cls(model.parameters(), **OPTIONS[name])
+        optimizer = cls(model.parameters(), **entry.options)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=2)
         scales = []
         for i, (inputs, targets) in enumerate(batches()):
@@ -143,7 +131,7 @@ def test_autocast_with_a_grad_scaler_matches_torch_optim_and_skips_overflowing_s
             scales.append(scaler.get_scale())
         return weights(model), scales, scaler.state_dict()
 
-    reference, ours = (run(cls) for cls in both(name))
+    reference, ours = run(entry.reference), run(entry.ours)
     assert_bitwise(ours[0], reference[0])
     assert ours[1] == reference[1] and ours[1][2] < ours[1][1]  # the inf step halved the scale
     assert ours[2] == reference[2]
@@ -175,12 +163,12 @@ def compiled_training(cls, mode, options):
 
 
 @pytest.mark.parametrize("mode", ["step", "whole"])
-@pytest.mark.parametrize("name", ["SGD", "Adam"])
-def test_torch_compile_of_the_step_and_of_a_training_step_matches_eager(name, mode):
+@pytest.mark.parametrize("entry", [REGISTRY["SGD"], REGISTRY["Adam"]], ids=repr)
+def test_torch_compile_of_the_step_and_of_a_training_step_matches_eager(entry, mode):
     torch._dynamo.reset()
-    eager = compiled_training(getattr(optimizers, name), "eager", OPTIONS[name])
+    eager = compiled_training(entry.ours, "eager", entry.options)
     torch._dynamo.utils.counters.clear()
-    compiled = compiled_training(getattr(optimizers, name), mode, OPTIONS[name])
+    compiled = compiled_training(entry.ours, mode, entry.options)
     assert torch._dynamo.utils.counters["frames"]["ok"] > 0  # Dynamo did compile, not just fall back
     torch._dynamo.reset()
     # Inductor generates its own fused C++ loops, which round differently from eager kernels
@@ -190,17 +178,17 @@ def test_torch_compile_of_the_step_and_of_a_training_step_matches_eager(name, mo
     assert any(not torch.equal(a, b) for a, b in zip(compiled, weights(network())))  # it trained
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_printing_matches_torch_optim(name):
-    reference, ours = (cls(network(name=name).parameters(), **OPTIONS[name]) for cls in both(name))
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_printing_matches_torch_optim(entry):
+    reference, ours = (cls(network(entry=entry).parameters(), **entry.options) for cls in (entry.reference, entry.ours))
     assert repr(ours) == repr(reference)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "Adagrad"])
-def test_state_dict_hooks_run_and_rewrite_as_in_torch_optim(name):
+@pytest.mark.parametrize("entry", [REGISTRY[name] for name in ("SGD", "Adam", "Adagrad")], ids=repr)
+def test_state_dict_hooks_run_and_rewrite_as_in_torch_optim(entry):
     def run(cls):
         model = network()
-        optimizer = cls(model.parameters(), **OPTIONS[name])
+        optimizer = cls(model.parameters(), **entry.options)
         calls = []
 
         def post_hook(opt, state_dict):
@@ -221,7 +209,7 @@ def test_state_dict_hooks_run_and_rewrite_as_in_torch_optim(name):
         optimizer.load_state_dict(saved)
         return calls, saved["param_groups"][0]["lr"], optimizer.param_groups[0]["lr"]
 
-    reference, ours = (run(cls) for cls in both(name))
+    reference, ours = run(entry.reference), run(entry.ours)
     assert ours == reference == (["state_dict pre", "state_dict post", "load pre", "load post"], 0.125, 0.25)
 
 
@@ -286,20 +274,18 @@ def test_zero_redundancy_optimizer_shards_state_and_checkpoints(tmp_path):
     assert sorted(checkpoint["optimizer"]["state"]) == sorted(torch_checkpoint["optimizer"]["state"]) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_a_checkpoint_from_an_older_torch_without_its_flags_resumes_as_torch_optim_resumes(name):
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_a_checkpoint_from_an_older_torch_without_its_flags_resumes_as_torch_optim_resumes(entry):
     """Older torch versions saved no maximize/foreach/capturable/differentiable/fused/... flags."""
-    model = network(name=name)
-    trained = getattr(torch.optim, name)(model.parameters(), **OPTIONS[name])
+    model = network(entry=entry)
+    trained = entry.reference(model.parameters(), **entry.options)
     data = batches()
     for inputs, targets in data[:3]:
-        trained.zero_grad()
-        torch.nn.functional.mse_loss(model(inputs), targets).backward()
-        trained.step()
+        train_step(entry, trained, model, inputs, targets)
     old = trained.state_dict()
     # The flags torch.optim restores for checkpoints written before they existed (its
-    # __setstate__ defaults them); Adafactor and Muon came with all of theirs.
-    restored = inspect.getsource(getattr(torch.optim, name).__setstate__)
+    # __setstate__ defaults them); Adafactor, Muon and LBFGS came with all of theirs.
+    restored = inspect.getsource(entry.reference.__setstate__)
     for group in old["param_groups"]:
         for flag in [key for key, value in group.items() if isinstance(value, bool) or value is None]:
             if f'"{flag}"' in restored:
@@ -307,47 +293,41 @@ def test_a_checkpoint_from_an_older_torch_without_its_flags_resumes_as_torch_opt
     saved_weights = weights(model)
 
     def resume(cls):
-        resumed = network(name=name)
+        resumed = network(entry=entry)
         with torch.no_grad():
             for param, saved in zip(resumed.parameters(), saved_weights):
                 param.copy_(saved)
-        optimizer = cls(resumed.parameters(), **OPTIONS[name])
+        optimizer = cls(resumed.parameters(), **entry.options)
         optimizer.load_state_dict(copy.deepcopy(old))  # loading shares tensors with it, in torch.optim too
         for inputs, targets in data[3:]:
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(resumed(inputs), targets).backward()
-            optimizer.step()
+            train_step(entry, optimizer, resumed, inputs, targets)
         return weights(resumed), optimizer.param_groups[0]
 
-    reference, ours = (resume(cls) for cls in both(name))
+    reference, ours = resume(entry.reference), resume(entry.ours)
     assert_bitwise(ours[0], reference[0])
     differing = {key for key in reference[1] if key != "params" and ours[1][key] != reference[1][key]}
     assert differing <= {"fused"}  # torch.optim.SGD fills False where its signature's default is None
 
 
 @pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_a_copied_model_and_optimizer_train_on_as_torch_optims_copy_does(name, copier):
+@pytest.mark.parametrize("entry", [entry for entry in ENTRIES if entry.reference_copies_step], ids=repr)
+def test_a_copied_model_and_optimizer_train_on_as_torch_optims_copy_does(entry, copier):
     def run(cls):
-        model = network(name=name)
-        optimizer = cls(model.parameters(), **OPTIONS[name])
+        model = network(entry=entry)
+        optimizer = cls(model.parameters(), **entry.options)
         data = batches()
         for inputs, targets in data[:3]:
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(inputs), targets).backward()
-            optimizer.step()
+            train_step(entry, optimizer, model, inputs, targets)
         # Copied together, as a training checkpoint is, so the optimizer holds the copy's parameters.
         together = {"model": model, "optimizer": optimizer}
         copied = copy.deepcopy(together) if copier == "deepcopy" else pickle.loads(pickle.dumps(together))
         model, optimizer = copied["model"], copied["optimizer"]
         assert all(p is q for p, q in zip(optimizer.param_groups[0]["params"], model.parameters()))
         for inputs, targets in data[3:]:
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(inputs), targets).backward()
-            optimizer.step()
+            train_step(entry, optimizer, model, inputs, targets)
         return weights(model), together["model"], repr(optimizer)
 
-    reference, ours = (run(cls) for cls in both(name))
+    reference, ours = run(entry.reference), run(entry.ours)
     assert_bitwise(ours[0], reference[0])
     assert_bitwise(weights(ours[1]), weights(reference[1]))  # the originals did not move with the copies
     assert ours[2] == reference[2]

@@ -18,32 +18,16 @@ import torch
 
 import optimizers
 
-from .registry import REGISTRY
+from .registry import REGISTRY, Entry
 
-ALGORITHMS = sorted(REGISTRY)
-# Options that exercise each rule's branches, including lazily created state (SGD's momentum).
-OPTIONS = {
-    "SGD": dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=0.01),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01),
-    "Adamax": dict(lr=0.01),
-    "NAdam": dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
-    "RAdam": dict(lr=0.01),
-    "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
-    "Adadelta": dict(lr=0.5),
-    "ASGD": dict(lr=0.05, t0=2, lambd=0.01, weight_decay=0.01),
-    "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
-    "Adafactor": dict(lr=0.05, weight_decay=0.01, eps=(None, 1e-3)),
-    "Muon": dict(lr=0.02, nesterov=True),
-}
-assert set(OPTIONS) == set(ALGORITHMS)
+# The functional form's update takes the dense gradients jax.grad gives, once per step.
+ENTRIES = [entry for entry in REGISTRY.values() if entry.steps_on_given_gradients]
 
 
-def model_params(dtype=jnp.float64, name: str | None = None):
+def model_params(dtype=jnp.float64, entry: Entry | None = None):
     rng = np.random.default_rng(0)
-    # Muon takes matrices only: its bias and scale are 1 x n matrices, broadcast alike.
-    matrix = (1,) if name == "Muon" else ()
+    # For an algorithm that takes matrices only, the bias and scale are 1 x n matrices, broadcast alike.
+    matrix = (1,) if entry and entry.matrices_only else ()
     return {
         "dense": {"w": jnp.asarray(rng.standard_normal((4, 3)), dtype), "b": jnp.zeros(matrix + (3,), dtype)},
         "scale": jnp.full(matrix * 2, 1.5, dtype),
@@ -64,8 +48,8 @@ def leaves(tree):
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
 
 
-def object_oriented_run(name, data, options):
-    optimizer = getattr(optimizers, name)(model_params(name=name), **options)
+def object_oriented_run(entry, data, options):
+    optimizer = entry.ours(model_params(entry=entry), **options)
     for inputs, targets in data:
         optimizer.step(jax.grad(loss_fn)(optimizer.params, inputs, targets))
     return optimizer.params
@@ -76,9 +60,9 @@ def assert_close_trees(got, expected, rtol=1e-13):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_a_jitted_donating_train_step_follows_the_object_step(name):
-    optimizer = getattr(optimizers, name)(model_params(name=name), **OPTIONS[name])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_a_jitted_donating_train_step_follows_the_object_step(entry):
+    optimizer = entry.ours(model_params(entry=entry), **entry.options)
     init, update, _ = optimizer.functional()
 
     @jax.jit
@@ -87,7 +71,7 @@ def test_a_jitted_donating_train_step_follows_the_object_step(name):
 
     # Parameters and state are donated: updated in place, as a JAX training loop does.
     apply = jax.jit(update, donate_argnums=(1, 2))
-    params = model_params(name=name)
+    params = model_params(entry=entry)
     state = init(params)
     structure = jax.tree_util.tree_structure(state)
     data = batches()
@@ -96,19 +80,19 @@ def test_a_jitted_donating_train_step_follows_the_object_step(name):
         params, state = apply(gradients(params, inputs, targets), state, params)
         assert all(leaf.is_deleted() for leaf in donated)
         assert jax.tree_util.tree_structure(state) == structure  # fixed, so it can be a loop carry
-    assert_close_trees(params, object_oriented_run(name, data, OPTIONS[name]))
+    assert_close_trees(params, object_oriented_run(entry, data, entry.options))
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_the_state_pytree_holds_torch_optims_entries_per_leaf(name):
-    optimizer = getattr(optimizers, name)(model_params(name=name), **OPTIONS[name])
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_the_state_pytree_holds_torch_optims_entries_per_leaf(entry):
+    optimizer = entry.ours(model_params(entry=entry), **entry.options)
     form = optimizer.functional()
-    params = model_params(name=name)
+    params = model_params(entry=entry)
     state = form.init(params)
     new_params, new_state = form.update(jax.grad(loss_fn)(params, *batches(1)[0]), state, params)
     leaves_ = jax.tree_util.tree_leaves(params)
     tensors = [torch.zeros(leaf.shape, dtype=torch.float64, requires_grad=True) for leaf in leaves_]
-    reference = getattr(torch.optim, name)(tensors, **OPTIONS[name])
+    reference = entry.reference(tensors, **entry.options)
     for tensor in tensors:
         tensor.grad = torch.ones_like(tensor)
     reference.step()
@@ -119,9 +103,9 @@ def test_the_state_pytree_holds_torch_optims_entries_per_leaf(name):
     assert form.hyperparams == {k: v for k, v in optimizer.param_groups[0].items() if k in form.hyperparams}
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "RAdam", "NAdam", "Adagrad"])
-def test_a_schedule_of_hyperparameters_as_data_compiles_once(name):
-    form = getattr(optimizers, name)(model_params(), **OPTIONS[name]).functional()
+@pytest.mark.parametrize("entry", [REGISTRY[name] for name in ("SGD", "Adam", "RAdam", "NAdam", "Adagrad")], ids=repr)
+def test_a_schedule_of_hyperparameters_as_data_compiles_once(entry):
+    form = entry.ours(model_params(), **entry.options).functional()
     traces = []
 
     @jax.jit
@@ -132,7 +116,7 @@ def test_a_schedule_of_hyperparameters_as_data_compiles_once(name):
 
     params = model_params()
     state = form.init(params)
-    schedule = optax.cosine_decay_schedule(OPTIONS[name]["lr"], 100)
+    schedule = optax.cosine_decay_schedule(entry.options["lr"], 100)
     inputs, targets = batches(1)[0]
     with jax.log_compiles():
         for step in range(100):
@@ -164,13 +148,18 @@ def test_a_none_gradient_leaves_its_leaf_and_state_alone():
 
 # -- optax --------------------------------------------------------------------------------
 
-# Algorithms optax defines as torch does, with the arguments that make them the same.
-SAME_DEFINITION = {
-    "SGD": (dict(lr=0.05, momentum=0.9, nesterov=True), optax.sgd(0.05, momentum=0.9, nesterov=True)),
-    "Adam": (dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), optax.adam(0.01, b1=0.8, b2=0.99, eps=1e-6)),
-    "AdamW": (dict(lr=0.01, weight_decay=0.1), optax.adamw(0.01, weight_decay=0.1)),
-    "RMSprop": (dict(lr=0.01, alpha=0.9), optax.rmsprop(0.01, decay=0.9, eps=1e-8, eps_in_sqrt=False)),
-}
+def optax_counterparts(same: bool) -> list:
+    """Each algorithm with the optax transformations that define it as torch does (or otherwise)."""
+    return [
+        pytest.param(entry, counterpart, id=entry.name)
+        for entry in REGISTRY.values()
+        for counterpart in entry.optax
+        if counterpart.same is same
+    ]
+
+
+def optax_transformation(counterpart):
+    return getattr(optax, counterpart.transformation)(**counterpart.arguments)
 
 
 def optax_run(transformation, data):
@@ -182,31 +171,20 @@ def optax_run(transformation, data):
     return params
 
 
-@pytest.mark.parametrize("name", sorted(SAME_DEFINITION))
-def test_the_adapter_reproduces_optax_where_optax_defines_the_same_algorithm(name):
-    options, optax_transformation = SAME_DEFINITION[name]
+@pytest.mark.parametrize("entry, counterpart", optax_counterparts(same=True))
+def test_the_adapter_reproduces_optax_where_optax_defines_the_same_algorithm(entry, counterpart):
     data = batches()
-    ours = optax_run(optimizers.as_optax(getattr(optimizers, name)(model_params(), **options)), data)
+    ours = optax_run(optimizers.as_optax(entry.ours(model_params(), **counterpart.options)), data)
     # The same mathematics rounded in another order: agreement to float64 rounding.
-    assert_close_trees(ours, optax_run(optax_transformation, data), rtol=1e-12)
+    assert_close_trees(ours, optax_run(optax_transformation(counterpart), data), rtol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "name, options, optax_transformation",
-    [
-        # optax adds eps inside the square root and starts the accumulator at 0.1.
-        ("Adagrad", dict(lr=0.1), optax.adagrad(0.1)),
-        # optax's NAdam keeps beta1 constant; torch's follows its momentum schedule.
-        ("NAdam", dict(lr=0.01), optax.nadam(0.01)),
-        # optax adds eps inside the square root, torch after it.
-        ("RMSprop", dict(lr=0.01, alpha=0.9, eps=1e-2), optax.rmsprop(0.01, decay=0.9, eps=1e-2)),
-    ],
-)
-def test_the_adapter_computes_torchs_rule_where_optax_defines_it_differently(name, options, optax_transformation):
+@pytest.mark.parametrize("entry, counterpart", optax_counterparts(same=False))
+def test_the_adapter_computes_torchs_rule_where_optax_defines_it_differently(entry, counterpart):
     data = batches()
-    ours = optax_run(optimizers.as_optax(getattr(optimizers, name)(model_params(), **options)), data)
-    assert_close_trees(ours, object_oriented_run(name, data, options), rtol=1e-12)
-    theirs = optax_run(optax_transformation, data)
+    ours = optax_run(optimizers.as_optax(entry.ours(model_params(), **counterpart.options)), data)
+    assert_close_trees(ours, object_oriented_run(entry, data, counterpart.options), rtol=1e-12)
+    theirs = optax_run(optax_transformation(counterpart), data)
     assert max(np.max(np.abs(a - b)) for a, b in zip(leaves(ours), leaves(theirs))) > 1e-6
 
 
@@ -237,7 +215,7 @@ def test_the_adapter_names_what_it_does_not_know():
 
 SHARDED = textwrap.dedent(
     """
-    import json, os
+    import json, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
@@ -254,8 +232,7 @@ SHARDED = textwrap.dedent(
     def placed():
         return {k: jax.device_put(v, sharding[k]) for k, v in params.items()}
 
-    for name in ("SGD", "Adam", "Adagrad"):
-        kwargs = {"lr": 0.1, **({"momentum": 0.9} if name == "SGD" else {})}
+    for name, kwargs in json.loads(sys.argv[1]).items():
         sharded = placed()
         form = getattr(optimizers, name)(sharded, **kwargs).functional()
         state = form.init(sharded)
@@ -294,7 +271,8 @@ SHARDED = textwrap.dedent(
 
 def test_sharded_parameters_keep_their_sharding_and_match_one_device():
     environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    finished = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=300,
+    options = json.dumps({name: REGISTRY[name].options for name in ("SGD", "Adam", "Adagrad")})
+    finished = subprocess.run([sys.executable, "-c", SHARDED, options], capture_output=True, text=True, timeout=300,
                               env=environment)
     assert finished.returncode == 0, finished.stderr
     report = json.loads(finished.stdout.strip().splitlines()[-1])

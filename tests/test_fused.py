@@ -10,7 +10,6 @@ checkpoints, identity of state tensors, errors -- is held to the reference path 
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 import pickle
 from unittest import mock
@@ -27,7 +26,7 @@ from tests.harness import REPORT, Run, raised
 from tests.registry import REGISTRY
 from tests.test_properties import ACROSS_FRAMEWORKS, DTYPES, draw_case, secondary
 
-FUSED = [entry for entry in REGISTRY.values() if "fused" in inspect.signature(entry.reference.__init__).parameters]
+FUSED = [entry for entry in REGISTRY.values() if entry.fused]
 # LARGE at its default puts every generated parameter into a bucket; at 4, those of 4 or more
 # elements step in place and the rest share a bucket.
 THRESHOLDS = [torch_fused.LARGE, 4]
@@ -161,8 +160,8 @@ def test_low_precision_parameters_with_float32_state():
         torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-3)  # a bfloat16 ulp
 
 
-@pytest.mark.parametrize("name", [entry.name for entry in FUSED])
-def test_non_floating_parameters_get_torchs_error_and_nothing_changes(name):
+@pytest.mark.parametrize("entry", FUSED, ids=repr)
+def test_non_floating_parameters_get_torchs_error_and_nothing_changes(entry):
     def attempt(cls):
         p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
         p.grad = torch.ones_like(p)
@@ -170,18 +169,16 @@ def test_non_floating_parameters_get_torchs_error_and_nothing_changes(name):
         before = copy.deepcopy(opt.state_dict())
         return raised(opt.step), p.detach().clone(), before, opt.state_dict()
 
-    (error, message), value, before, after = attempt(getattr(optimizers, name))
-    assert (error, message) == attempt(getattr(torch.optim, name))[0]
+    (error, message), value, before, after = attempt(entry.ours)
+    assert (error, message) == attempt(entry.reference)[0]
     assert torch.equal(value, torch.zeros(3, dtype=torch.complex64))
     assert before["state"].keys() == after["state"].keys()
     for index, entries in before["state"].items():
         assert all(torch.equal(tensor, after["state"][index][key]) for key, tensor in entries.items())
 
 
-@pytest.mark.parametrize("name, options", [
-    ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)), ("AdamW", dict(lr=0.01)), ("Adagrad", dict(lr=0.1)),
-])
-def test_without_a_compiler_the_step_runs_eagerly_with_a_warning(name, options):
+@pytest.mark.parametrize("entry", FUSED, ids=repr)
+def test_without_a_compiler_the_step_runs_eagerly_with_a_warning(entry):
     """Every fused algorithm, counters included (Adam's and Adagrad's ``step`` once crashed here
     advancing an empty list of counters)."""
     def unavailable(function, **options):
@@ -190,13 +187,12 @@ def test_without_a_compiler_the_step_runs_eagerly_with_a_warning(name, options):
         return fail
 
     model, reference = _model(), _model()
-    cls = getattr(optimizers, name)
     with mock.patch.multiple(torch_fused, _kernels={}, _compiled=set(), _failed=set()), \
             mock.patch.object(torch, "compile", unavailable):
-        ours = cls(model.parameters(), **options, fused=True)
+        ours = entry.ours(model.parameters(), **entry.options, fused=True)
         with pytest.warns(UserWarning, match="could not be compiled here, so it runs eagerly"):
             got = _train(model, ours, 3)
-    expected_optimizer = cls(reference.parameters(), **options)
+    expected_optimizer = entry.ours(reference.parameters(), **entry.options)
     expected = _train(reference, expected_optimizer, 3)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -204,11 +200,11 @@ def test_without_a_compiler_the_step_runs_eagerly_with_a_warning(name, options):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad"])
-def test_fused_on_an_unsupported_device_raises_torchs_error_before_any_change(name):
+@pytest.mark.parametrize("entry", FUSED, ids=repr)
+def test_fused_on_an_unsupported_device_raises_torchs_error_before_any_change(entry):
     """torch's test_fused_error_on_params_on_meta: parameters on the meta device."""
     errors = []
-    for cls in (getattr(optimizers, name), getattr(torch.optim, name)):
+    for cls in (entry.ours, entry.reference):
         param = torch.empty(3, device="meta", requires_grad=True)
         param.grad = torch.empty(3, device="meta")
         optimizer = cls([param], lr=0.1, fused=True)
@@ -221,11 +217,12 @@ def test_fused_on_an_unsupported_device_raises_torchs_error_before_any_change(na
     assert errors[0] == errors[1] and "requires all the params to be floating point Tensors" in errors[0]
 
 
-def test_sparse_gradients_take_the_eager_path():
+@pytest.mark.parametrize("entry", [entry for entry in FUSED if "sparse" in entry.gradients], ids=repr)
+def test_sparse_gradients_take_the_eager_path(entry):
     embedding = torch.nn.Embedding(10, 4, sparse=True)
     reference = copy.deepcopy(embedding)
     for module, fused in ((embedding, True), (reference, None)):
-        opt = optimizers.SGD(module.parameters(), lr=0.1, fused=fused)
+        opt = entry.ours(module.parameters(), lr=0.1, fused=fused)
         for step in range(3):
             opt.zero_grad()
             module(torch.tensor([1, 3, step])).sum().backward()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import optimizers
 from tests.harness import REPORT
+from tests.registry import REGISTRY
 
 PROBLEMS = ("quadratic", "rosenbrock")
 
@@ -29,14 +30,7 @@ def objective(kind, numpy, curvature, target):
 def lbfgs_cases(draw):
     size = draw(st.integers(2, 6))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kwargs = dict(
-        lr=draw(st.sampled_from([1.0, 0.5, 0.1])),
-        max_iter=draw(st.integers(1, 12)),
-        history_size=draw(st.integers(1, 8)),
-        line_search_fn=draw(st.sampled_from([None, "strong_wolfe"])),
-    )
-    if draw(st.booleans()):
-        kwargs["max_eval"] = draw(st.integers(1, 20))
+    kwargs = draw(REGISTRY["LBFGS"].hyperparameters)
     problem = dict(
         kind=draw(st.sampled_from(PROBLEMS)),
         start=rng.uniform(-1.5, 1.5, size),

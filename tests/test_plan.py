@@ -24,8 +24,8 @@ from tests.harness import raised
 from tests.registry import REGISTRY
 from tests.strategies import problems
 
-# The rules a plan runs; Adafactor (norms) and Muon (matrix products) are not elementwise.
-PLANNED = [entry for entry in REGISTRY.values() if entry.name not in ("Adafactor", "Muon")]
+# The rules a plan runs: the elementwise ones.
+PLANNED = [entry for entry in REGISTRY.values() if entry.elementwise]
 # torch.optim's multi-tensor ASGD computes eta in float32 tensor arithmetic and the update as
 # p - eta * (g + lambd * p); ours runs its for-loop formula in both modes (README), so with
 # foreach=True it is compared with torch.optim's for-loop.
@@ -110,7 +110,7 @@ def test_planned_step_is_torch_optim_bit_for_bit(entry, dtype, foreach, data):
     # multiply-add), ours on its real view: 1 ulp apart on about a fifth of the elements.
     as_complex = (
         dtype in ("float32", "float64")
-        and entry.ours.complex_parameters_error is None
+        and entry.complex
         and not kwargs.get("weight_decay")
         and data.draw(st.booleans(), label="complex parameters")
     )

@@ -6,7 +6,7 @@
 - ``state_dtype``: float32 state for bfloat16/float16 parameters, equal to a float32 run
   rounded to the parameter's dtype after each step; float16's eps underflow, documented;
 - ``skip_nonfinite`` for the closure-driven LBFGS and the sparse SparseAdam, whose steps
-  do not go through the shared rule runner (the registry's algorithms have a property).
+  do not go through the shared rule runner (the others have a property in test_properties.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import optimizers
 from tests.harness import raised, to_numpy
 from tests.registry import REGISTRY
 from tests.strategies import problems
+from tests.test_properties import across_frameworks
 
-NAMES = sorted(REGISTRY)
+# The tests below give each parameter a dense gradient and step without a closure.
+ENTRIES = [entry for entry in REGISTRY.values() if entry.steps_on_given_gradients]
 
 
 def raised_type(call) -> type | None:
@@ -40,15 +42,15 @@ def bits(array: np.ndarray) -> np.ndarray:
 
 # -- empty and 0-d parameters ------------------------------------------------------------
 
-def extreme_shapes(name: str) -> list[tuple]:
-    return [(3, 2), (0, 2), (2, 0), (1, 1)] if name == "Muon" else [(3,), (), (0,), (2, 0, 3)]
+def extreme_shapes(entry) -> list[tuple]:
+    return [(3, 2), (0, 2), (2, 0), (1, 1)] if entry.matrices_only else [(3,), (), (0,), (2, 0, 3)]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_empty_and_zero_dim_parameters_step_or_fail_as_in_torch_optim_and_fail_atomically(name):
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+def test_empty_and_zero_dim_parameters_step_or_fail_as_in_torch_optim_and_fail_atomically(entry):
     """torch.optim's Adafactor and Muon divide by zero on some empty parameters, partway
     through a step; ours raises the same exception type, on both backends, before any change."""
-    shapes = extreme_shapes(name)
+    shapes = extreme_shapes(entry)
     generator = np.random.default_rng(0)
     values = [generator.standard_normal(shape).astype(np.float32) for shape in shapes]
     grads = [generator.standard_normal(shape).astype(np.float32) for shape in shapes]
@@ -61,16 +63,16 @@ def test_empty_and_zero_dim_parameters_step_or_fail_as_in_torch_optim_and_fail_a
         error = raised_type(opt.step)
         return error, [to_numpy(p) for p in params], opt
 
-    expected_error, expected, _ = torch_run(getattr(torch.optim, name))
-    error, got, _ = torch_run(getattr(optimizers, name))
+    expected_error, expected, _ = torch_run(entry.reference)
+    error, got, _ = torch_run(entry.ours)
     assert error is expected_error
-    opt = getattr(optimizers, name)([jnp.asarray(v) for v in values])
+    opt = entry.ours([jnp.asarray(v) for v in values])
     assert raised_type(lambda: opt.step([jnp.asarray(g) for g in grads])) is expected_error
     if expected_error is None:
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(opt.params, expected):
-            np.testing.assert_allclose(np.asarray(a), b, rtol=(REGISTRY[name].across_frameworks or {"float32": 1e-5})["float32"])
+            np.testing.assert_allclose(np.asarray(a), b, rtol=across_frameworks(entry, "float32"))
     else:  # nothing moved: not even the parameters before the empty one
         for a, v in zip(got, values):
             np.testing.assert_array_equal(a, v)
@@ -140,13 +142,12 @@ def test_step_counts_past_2_to_the_24_keep_torch_optims_and_the_exact_bias_corre
 LOW = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("entry", [entry for entry in ENTRIES if entry.state_dtype], ids=repr)
 @settings(max_examples=max(5, settings.default.max_examples // 4))
 @given(data=st.data())
-def test_float32_state_for_low_precision_parameters_is_a_float32_run_rounded_each_step(name, data):
+def test_float32_state_for_low_precision_parameters_is_a_float32_run_rounded_each_step(entry, data):
     """``state_dtype=torch.float32`` on bfloat16/float16 parameters equals torch.optim on float32
     copies whose values are rounded to the low dtype after each step: bit for bit, state too."""
-    entry = REGISTRY[name]
     low = LOW[data.draw(st.sampled_from(sorted(LOW)), label="dtype")]
     problem = data.draw(problems("float32", **entry.problem_options), label="problem")
     kwargs = data.draw(entry.hyperparameters, label="hyperparameters")
@@ -241,7 +242,7 @@ def test_float16_eps_underflow_gives_torch_optims_nan_and_float32_state_avoids_i
             np.testing.assert_array_equal(result, np.array([1.0, 1.9], np.float16))
 
 
-# -- skipping non-finite steps: the algorithms outside the registry ----------------------------
+# -- skipping non-finite steps: the algorithms the property cannot feed ------------------------
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_lbfgs_skips_a_step_whose_closure_gives_non_finite_gradients(backend):

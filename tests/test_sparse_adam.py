@@ -13,8 +13,7 @@ from jax.experimental import sparse
 
 import optimizers
 from tests.harness import REPORT, to_numpy
-from tests.registry import BETA1, BETA2, EPS
-from tests.strategies import small_floats
+from tests.registry import REGISTRY
 from tests.test_properties import ACROSS_FRAMEWORKS
 
 
@@ -32,13 +31,6 @@ def sparse_problems(draw, dtype):
         touched = draw(st.lists(st.integers(0, rows - 1), max_size=2 * rows))
         steps.append((np.array(touched, np.int64), rng.standard_normal((len(touched), columns)).astype(dtype)))
     return rng.standard_normal((rows, columns)).astype(dtype), steps
-
-
-@st.composite
-def sparse_adam_hyperparameters(draw):
-    return dict(
-        lr=draw(small_floats(1e-4, 0.1)), betas=(draw(BETA1), draw(BETA2)), eps=draw(EPS), maximize=draw(st.booleans())
-    )
 
 
 def torch_gradient(shape, rows, values):
@@ -74,7 +66,7 @@ def run(backend, start, steps, kwargs):
 @given(data=st.data())
 def test_sparse_adam_matches_torch_optim_and_touches_only_the_gradients_rows(dtype, data):
     start, steps = data.draw(sparse_problems(dtype), label="problem")
-    kwargs = data.draw(sparse_adam_hyperparameters(), label="hyperparameters")
+    kwargs = data.draw(REGISTRY["SparseAdam"].hyperparameters, label="hyperparameters")
     reference = run("torch.optim", start, steps, kwargs)
     ours = run("torch", start, steps, kwargs)
     jax_run = run("jax", start, steps, kwargs)
