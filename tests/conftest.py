@@ -70,7 +70,10 @@ def pytest_terminal_summary(terminalreporter):
     if not REPORT.rows:
         return
     terminalreporter.section("agreement between implementations (measured in this run)")
-    write(f"{'optimizer':<10} {'comparison':<22} {'dtype':<8} {'examples':>8} {'elements':>10} {'bitwise equal':>14} {'max rel err':>12}")
+    write(
+        f"{'optimizer':<10} {'comparison':<22} {'dtype':<8} {'examples':>8} {'elements':>10} "
+        f"{'bitwise equal':>14} {'max rel err':>12}"
+    )
     for (optimizer, pair, dtype), row in sorted(REPORT.rows.items()):
         fraction = row.bitwise / row.elements if row.elements else 1.0
         write(

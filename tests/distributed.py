@@ -36,7 +36,7 @@ def train(network: torch.nn.Module, optimizer, data, rank: int | None = None) ->
     for inputs, targets in data:
         if rank is not None:  # this rank's half of the batch
             half = inputs.shape[0] // WORLD_SIZE
-            inputs, targets = inputs[rank * half:(rank + 1) * half], targets[rank * half:(rank + 1) * half]
+            inputs, targets = inputs[rank * half : (rank + 1) * half], targets[rank * half : (rank + 1) * half]
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(network(inputs), targets).backward()
         optimizer.step()

@@ -181,12 +181,16 @@ class AgreementReport:
                 row.elements += a.size
                 row.bitwise += bitwise_equal(a, b)
                 row.max_relative_error = max(row.max_relative_error, error)
-                assert error <= tolerance, f"{pair} {dtype}: step {step}, leaf {leaf}: relative error {error:.3g} > {tolerance:g}"
-
+                assert error <= tolerance, (
+                    f"{pair} {dtype}: step {step}, leaf {leaf}: relative error {error:.3g} > {tolerance:g}"
+                )
 
     def rows_as_data(self) -> list:
         """The rows as plain data (to cross from a pytest-xdist worker to the controller)."""
-        return [[list(key), [row.examples, row.elements, row.bitwise, row.max_relative_error]] for key, row in self.rows.items()]
+        return [
+            [list(key), [row.examples, row.elements, row.bitwise, row.max_relative_error]]
+            for key, row in self.rows.items()
+        ]
 
     def merge_data(self, data: list) -> None:
         for key, (examples, elements, bitwise, error) in data:

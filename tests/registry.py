@@ -321,41 +321,65 @@ REGISTRY = {
     entry.name: entry
     for entry in [
         Entry(
-            "SGD", sgd_hyperparameters(), dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-            gradients=("dense", "sparse"), fused=True,
-            optax=(same_in_optax(dict(lr=0.05, momentum=0.9, nesterov=True), "sgd", learning_rate=0.05, momentum=0.9,
-                                 nesterov=True),),
+            "SGD",
+            sgd_hyperparameters(),
+            dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+            gradients=("dense", "sparse"),
+            fused=True,
+            optax=(
+                same_in_optax(
+                    dict(lr=0.05, momentum=0.9, nesterov=True), "sgd", learning_rate=0.05, momentum=0.9, nesterov=True
+                ),
+            ),
         ),
         Entry(
-            "Adam", adam_hyperparameters(), dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-            fused=True, decay_before_real_view=True,
-            optax=(same_in_optax(dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), "adam", learning_rate=0.01, b1=0.8,
-                                 b2=0.99, eps=1e-6),),
+            "Adam",
+            adam_hyperparameters(),
+            dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+            fused=True,
+            decay_before_real_view=True,
+            optax=(
+                same_in_optax(
+                    dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), "adam", learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-6
+                ),
+            ),
         ),
         Entry(
-            "AdamW", adam_hyperparameters(decoupled_option=False), dict(lr=0.01),
-            fused=True, decay_before_real_view=True,
+            "AdamW",
+            adam_hyperparameters(decoupled_option=False),
+            dict(lr=0.01),
+            fused=True,
+            decay_before_real_view=True,
             optax=(same_in_optax(dict(lr=0.01, weight_decay=0.1), "adamw", learning_rate=0.01, weight_decay=0.1),),
         ),
         Entry("Adamax", adamax_hyperparameters(), dict(lr=0.01), decay_before_real_view=True),
         Entry(
-            "NAdam", nadam_hyperparameters(), dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
+            "NAdam",
+            nadam_hyperparameters(),
+            dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.01),
             # optax's NAdam keeps beta1 constant; torch's follows its momentum schedule.
             optax=(unlike_optax(dict(lr=0.01), "nadam", learning_rate=0.01),),
         ),
         Entry("RAdam", radam_hyperparameters(), dict(lr=0.01)),
         Entry(
-            "Adagrad", adagrad_hyperparameters(), dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
-            gradients=("dense", "sparse"), fused=True, decay_before_real_view=True,
+            "Adagrad",
+            adagrad_hyperparameters(),
+            dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+            gradients=("dense", "sparse"),
+            fused=True,
+            decay_before_real_view=True,
             # optax adds eps inside the square root and starts the accumulator at 0.1.
             optax=(unlike_optax(dict(lr=0.1), "adagrad", learning_rate=0.1),),
         ),
         Entry(
-            "RMSprop", rmsprop_hyperparameters(), dict(lr=0.01, momentum=0.5, centered=True),
+            "RMSprop",
+            rmsprop_hyperparameters(),
+            dict(lr=0.01, momentum=0.5, centered=True),
             decay_before_real_view=True,
             optax=(
-                same_in_optax(dict(lr=0.01, alpha=0.9), "rmsprop", learning_rate=0.01, decay=0.9, eps=1e-8,
-                              eps_in_sqrt=False),
+                same_in_optax(
+                    dict(lr=0.01, alpha=0.9), "rmsprop", learning_rate=0.01, decay=0.9, eps=1e-8, eps_in_sqrt=False
+                ),
                 # By default optax adds eps inside the square root, torch after it.
                 unlike_optax(dict(lr=0.01, alpha=0.9, eps=1e-2), "rmsprop", learning_rate=0.01, decay=0.9, eps=1e-2),
             ),
@@ -363,34 +387,59 @@ REGISTRY = {
         Entry("Adadelta", adadelta_hyperparameters(), dict(lr=0.5), decay_before_real_view=True),
         Entry("ASGD", asgd_hyperparameters(), dict(lr=0.05, t0=2, lambd=0.01, weight_decay=0.01)),
         Entry(
-            "Rprop", rprop_hyperparameters(), dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
-            weight_decay=False, magnitudes=("ordinary", "large"),
+            "Rprop",
+            rprop_hyperparameters(),
+            dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
+            weight_decay=False,
+            magnitudes=("ordinary", "large"),
         ),
         Entry(
-            "Adafactor", adafactor_hyperparameters(), dict(lr=0.05, weight_decay=0.01, eps=(1e-20, 1e-3)),
+            "Adafactor",
+            adafactor_hyperparameters(),
+            dict(lr=0.05, weight_decay=0.01, eps=(1e-20, 1e-3)),
             # The default eps1, the dtype's machine epsilon: 1e-20 is 0 in float16.
             low_precision_options=dict(eps=(None, 1e-3)),
-            complex=False, elementwise=False, shapes=NONEMPTY_SHAPES,
+            complex=False,
+            elementwise=False,
+            shapes=NONEMPTY_SHAPES,
         ),
         Entry(
-            "Muon", muon_hyperparameters(), dict(lr=0.02, nesterov=False, adjust_lr_fn="match_rms_adamw"),
+            "Muon",
+            muon_hyperparameters(),
+            dict(lr=0.02, nesterov=False, adjust_lr_fn="match_rms_adamw"),
             # torch.optim.Muon without Nesterov orthogonalizes a bfloat16 momentum buffer in place
             # (its .bfloat16() copy is the buffer itself), so its buffer ends up normalized; with
             # Nesterov the update is a fresh tensor and both libraries agree.
             low_precision_options=dict(nesterov=True),
-            matrices_only=True, complex=False, elementwise=False, maximize=False,
+            matrices_only=True,
+            complex=False,
+            elementwise=False,
+            maximize=False,
             across_frameworks=MUON_ACROSS_FRAMEWORKS,
         ),
         Entry(
-            "SparseAdam", sparse_adam_hyperparameters(), dict(lr=0.01, betas=(0.8, 0.99), maximize=True),
+            "SparseAdam",
+            sparse_adam_hyperparameters(),
+            dict(lr=0.01, betas=(0.8, 0.99), maximize=True),
             # Its constructor refuses complex parameters, as torch.optim's does (a ValueError).
-            gradients=("sparse",), complex=False, elementwise=False, weight_decay=False,
+            gradients=("sparse",),
+            complex=False,
+            elementwise=False,
+            weight_decay=False,
         ),
         Entry(
-            "LBFGS", lbfgs_hyperparameters(), dict(lr=0.5, max_iter=5, history_size=3, line_search_fn="strong_wolfe"),
+            "LBFGS",
+            lbfgs_hyperparameters(),
+            dict(lr=0.5, max_iter=5, history_size=3, line_search_fn="strong_wolfe"),
             # Sparse gradients enter its flat gradient as their dense form, as in torch.optim.
-            gradients=("dense", "sparse"), closure_required=True, param_groups=False, elementwise=False,
-            maximize=False, weight_decay=False, state_dtype=False, reference_copies_step=False,
+            gradients=("dense", "sparse"),
+            closure_required=True,
+            param_groups=False,
+            elementwise=False,
+            maximize=False,
+            weight_decay=False,
+            state_dtype=False,
+            reference_copies_step=False,
         ),
     ]
 }

@@ -31,10 +31,10 @@ class Problem:
     def steps(self) -> int:
         return len(self.grads)
 
-    def negated(self) -> "Problem":
+    def negated(self) -> Problem:
         return Problem(self.params, [[None if g is None else -g for g in gs] for gs in self.grads], self.groups)
 
-    def regrouped(self, groups: list[list[int]]) -> "Problem":
+    def regrouped(self, groups: list[list[int]]) -> Problem:
         return Problem(self.params, self.grads, groups)
 
 

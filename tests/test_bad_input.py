@@ -36,7 +36,10 @@ many = settings(max_examples=max(200, settings.default.max_examples * 10))
 
 def torch_params():
     generator = torch.Generator().manual_seed(0)
-    return [torch.nn.Parameter(torch.randn(3, 2, generator=generator)), torch.nn.Parameter(torch.randn(2, 2, generator=generator))]
+    return [
+        torch.nn.Parameter(torch.randn(3, 2, generator=generator)),
+        torch.nn.Parameter(torch.randn(2, 2, generator=generator)),
+    ]
 
 
 def jax_params():
@@ -83,6 +86,7 @@ def assert_same(a, b) -> None:
 
 # -- hyperparameters ----------------------------------------------------------------
 
+
 def _number_like_values():
     """Values a numeric hyperparameter might wrongly be given: out of range, non-finite, mistyped."""
     return st.one_of(
@@ -118,8 +122,10 @@ def bad_hyperparameters(draw):
     name = draw(st.sampled_from(sorted(REGISTRY)))
     signature = inspect.signature(REGISTRY[name].reference.__init__).parameters
     numeric = sorted(
-        key for key, p in signature.items()
-        if key != "params" and (isinstance(p.default, (int, float, tuple)) and not isinstance(p.default, bool) or key == "lr")
+        key
+        for key, p in signature.items()
+        if key != "params"
+        and (isinstance(p.default, (int, float, tuple)) and not isinstance(p.default, bool) or key == "lr")
     )
     key = draw(st.sampled_from(numeric))
     default = signature[key].default
@@ -223,7 +229,10 @@ def test_malformed_param_groups_raise_torch_optims_error(kinds, container):
 # Sources whose state torch.optim creates in full at the first step (no lazy entries), with
 # the entries every parameter's state holds.
 SOURCES = {
-    "Adam(amsgrad)": (lambda p: optimizers.Adam(p, lr=0.1, amsgrad=True), ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
+    "Adam(amsgrad)": (
+        lambda p: optimizers.Adam(p, lr=0.1, amsgrad=True),
+        ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+    ),
     "Adagrad": (lambda p: optimizers.Adagrad(p, lr=0.1), ["step", "sum"]),
     "ASGD": (lambda p: optimizers.ASGD(p, lr=0.1), ["step", "eta", "mu", "ax"]),
     "Rprop": (lambda p: optimizers.Rprop(p, lr=0.1), ["step", "prev", "step_size"]),
@@ -305,7 +314,9 @@ def mutate(data, state_dict: dict, source: str, mutation: str) -> tuple[object, 
         key = data.draw(st.sampled_from(arrays), label="entry")
         old = tuple(bad["state"][index][key].shape)
         shape = data.draw(st.lists(st.integers(0, 4), max_size=3).map(tuple).filter(lambda s: s != old), label="shape")
-        bad["state"][index][key] = torch.zeros(shape) if isinstance(bad["state"][index][key], torch.Tensor) else jnp.zeros(shape)
+        bad["state"][index][key] = (
+            torch.zeros(shape) if isinstance(bad["state"][index][key], torch.Tensor) else jnp.zeros(shape)
+        )
         return bad, f"{key!r} of shape {shape}", f"{mutation}: {index}.{key} {shape}"
     if mutation == "a non-array state entry":
         key = data.draw(st.sampled_from(arrays), label="entry")
@@ -322,8 +333,12 @@ def mutate(data, state_dict: dict, source: str, mutation: str) -> tuple[object, 
         return bad, f"{key!r} of dtype", f"{mutation}: {index}.{key}"
     assert mutation == "a hyperparameter of another kind"
     group = bad["param_groups"][0]
-    key = data.draw(st.sampled_from(sorted(k for k, v in group.items() if isinstance(v, (bool, int, float)))), label="key")
-    replacement = data.draw(st.sampled_from(["fast", None, [1.0]] + ([] if isinstance(group[key], bool) else [True])), label="value")
+    key = data.draw(
+        st.sampled_from(sorted(k for k, v in group.items() if isinstance(v, (bool, int, float)))), label="key"
+    )
+    replacement = data.draw(
+        st.sampled_from(["fast", None, [1.0]] + ([] if isinstance(group[key], bool) else [True])), label="value"
+    )
     group[key] = replacement
     return bad, f"has {key}=", f"{mutation}: {key}={replacement!r}"
 
@@ -335,7 +350,9 @@ def mutate(data, state_dict: dict, source: str, mutation: str) -> tuple[object, 
     mutation=st.sampled_from(MUTATIONS),
     data=st.data(),
 )
-def test_malformed_state_dicts_raise_value_error_naming_the_mismatch_and_change_nothing(source, backend, mutation, data):
+def test_malformed_state_dicts_raise_value_error_naming_the_mismatch_and_change_nothing(
+    source, backend, mutation, data
+):
     opt = stepped(source, backend)
     state_dict = opt.state_dict()
     bad, named, description = mutate(data, state_dict, source, mutation)
@@ -360,6 +377,7 @@ def test_the_unmutated_state_dict_loads(source, backend):
 
 # -- gradient trees (JAX) -------------------------------------------------------------
 
+
 def tree():
     return {"dense": {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}, "scale": jnp.asarray(2.0)}
 
@@ -368,8 +386,16 @@ GRADIENT_MUTATIONS = {
     "a missing leaf": (ValueError, lambda g, leaf, draw: _without(g, leaf)),
     "an extra leaf": (ValueError, lambda g, leaf, draw: {**g, "extra": jnp.ones(1)}),
     "another container": (ValueError, lambda g, leaf, draw: [g["dense"], g["scale"]]),
-    "another shape": (ValueError, lambda g, leaf, draw: _replaced(g, leaf, jnp.ones(draw(_other_shape(_at(g, leaf).shape))))),
-    "another dtype": (TypeError, lambda g, leaf, draw: _replaced(g, leaf, _at(g, leaf).astype(draw(st.sampled_from([jnp.int32, jnp.bool_, jnp.complex64]))))),
+    "another shape": (
+        ValueError,
+        lambda g, leaf, draw: _replaced(g, leaf, jnp.ones(draw(_other_shape(_at(g, leaf).shape)))),
+    ),
+    "another dtype": (
+        TypeError,
+        lambda g, leaf, draw: _replaced(
+            g, leaf, _at(g, leaf).astype(draw(st.sampled_from([jnp.int32, jnp.bool_, jnp.complex64])))
+        ),
+    ),
     "not an array": (TypeError, lambda g, leaf, draw: _replaced(g, leaf, draw(st.sampled_from(["x", b"x", object()])))),
 }
 LEAVES = [("dense", "w"), ("dense", "b"), ("scale",)]
@@ -426,6 +452,7 @@ def jax_repr(tree) -> str:
 
 # -- a failing closure ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 @pytest.mark.parametrize("name, failing_call", [("SGD", 1), ("Adam", 1), ("LBFGS", 1), ("LBFGS", 3)])
 def test_an_error_inside_the_closure_changes_nothing(name, failing_call, backend):
@@ -440,11 +467,13 @@ def test_an_error_inside_the_closure_changes_nothing(name, failing_call, backend
     def good():
         if backend == "jax":
             return loss_and_grads
+
         def closure():
             opt.zero_grad()
             loss = sum((p * p).sum() for p in params)
             loss.backward()
             return loss
+
         return closure
 
     opt.step(good())

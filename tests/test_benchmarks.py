@@ -13,7 +13,12 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
         assert result["parameters"] == 3 * 16 * 16 and result["stream_bytes_per_s"] > 0
         contenders = result["contenders"]
         torch_side = {
-            "ours default", "ours foreach", "ours fused", "torch.optim for-loop", "torch.optim foreach", "torch.optim fused"
+            "ours default",
+            "ours foreach",
+            "ours fused",
+            "torch.optim for-loop",
+            "torch.optim foreach",
+            "torch.optim fused",
         }
         expected = torch_side | {"ours jax", "ours jax functional", "optax jit donated"}
         assert set(contenders) == expected
@@ -41,7 +46,7 @@ def test_the_table_names_each_set_and_contender(capsys):
 def test_the_scaling_table_follows_each_contender_across_sizes(capsys):
     assert step_time.main(["--sets", "scale-1M,tiny", "--algorithms", "SGD", "--rounds", "1"]) == 0
     text = capsys.readouterr().out
-    scaling = text[text.index("SGD scaling: ms per step at 768, 1,048,576 parameters (growth x1365.3)"):]
+    scaling = text[text.index("SGD scaling: ms per step at 768, 1,048,576 parameters (growth x1365.3)") :]
     for contender in ("ours default", "ours foreach", "ours jax", "torch.optim fused", "optax jit donated"):
         assert f"\n  {contender} " in scaling
 
@@ -51,7 +56,9 @@ def test_every_planned_algorithm_is_a_contender_without_jax(capsys):
     report = json.loads(capsys.readouterr().out)
     assert [r["algorithm"] for r in report["results"]] == list(step_time.OPTIONS)
     for result in report["results"]:
-        assert {"ours default", "ours foreach", "torch.optim for-loop", "torch.optim foreach"} <= set(result["contenders"])
+        assert {"ours default", "ours foreach", "torch.optim for-loop", "torch.optim foreach"} <= set(
+            result["contenders"]
+        )
 
 
 def test_the_compiled_step_graph_count_is_reported(capsys):

@@ -79,7 +79,10 @@ def test_lr_option_overrides_the_tuned_rates(capsys):
 def test_seed_changes_the_network_and_the_noise(capsys):
     arguments = ["--steps", "2", "--optimizers", "sgd", "--problem", "quadratic,digits"]
     losses = [
-        [problem["results"][0]["final_loss"]["torch"] for problem in run_json(capsys, *arguments, "--seed", seed)["problems"]]
+        [
+            problem["results"][0]["final_loss"]["torch"]
+            for problem in run_json(capsys, *arguments, "--seed", seed)["problems"]
+        ]
         for seed in ("0", "1")
     ]
     assert losses[0][0] != losses[1][0] and losses[0][1] != losses[1][1]
@@ -179,8 +182,11 @@ def test_help_describes_every_option(capsys, command):
         main([*command, "--help"])
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    for option in ([] if not command else ["--optimizers", "--problem", "--steps", "--lr", "--dtype", "--backend",
-                                           "--seed", "--out"]):
+    for option in (
+        []
+        if not command
+        else ["--optimizers", "--problem", "--steps", "--lr", "--dtype", "--backend", "--seed", "--out"]
+    ):
         assert option in text
     if not command:
         assert "compare" in text and "plot" in text
@@ -189,13 +195,21 @@ def test_help_describes_every_option(capsys, command):
 def test_module_runs_as_a_program_and_fails_cleanly(tmp_path):
     finished = subprocess.run(
         [sys.executable, "-m", "optimizers", "--steps", "2", "--optimizers", "sgd", "--problem", "rosenbrock"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert finished.returncode == 0, finished.stderr
     assert "Rosenbrock" in finished.stdout and (tmp_path / "optimizers.png").exists()
     assert finished.stderr == ""  # no progress bar when stderr is not a terminal
-    bad = subprocess.run([sys.executable, "-m", "optimizers", "--optimizers", "nadamw"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "optimizers", "--optimizers", "nadamw"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 

@@ -49,8 +49,10 @@ def network(dtype=torch.float32, entry: Entry | None = None) -> torch.nn.Module:
 
 def batches(count=6, dtype=torch.float32):
     generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(12, 6, generator=generator).to(dtype), torch.randn(12, 3, generator=generator).to(dtype))
-            for _ in range(count)]
+    return [
+        (torch.randn(12, 6, generator=generator).to(dtype), torch.randn(12, 3, generator=generator).to(dtype))
+        for _ in range(count)
+    ]
 
 
 def train_step(entry: Entry, optimizer, model, inputs, targets) -> None:

@@ -148,6 +148,7 @@ def test_a_none_gradient_leaves_its_leaf_and_state_alone():
 
 # -- optax --------------------------------------------------------------------------------
 
+
 def optax_counterparts(same: bool) -> list:
     """Each algorithm with the optax transformations that define it as torch does (or otherwise)."""
     return [
@@ -272,8 +273,9 @@ SHARDED = textwrap.dedent(
 def test_sharded_parameters_keep_their_sharding_and_match_one_device():
     environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     options = json.dumps({name: REGISTRY[name].options for name in ("SGD", "Adam", "Adagrad")})
-    finished = subprocess.run([sys.executable, "-c", SHARDED, options], capture_output=True, text=True, timeout=300,
-                              env=environment)
+    finished = subprocess.run(
+        [sys.executable, "-c", SHARDED, options], capture_output=True, text=True, timeout=300, env=environment
+    )
     assert finished.returncode == 0, finished.stderr
     report = json.loads(finished.stdout.strip().splitlines()[-1])
     assert report.pop("devices") == 4
@@ -329,7 +331,9 @@ def test_an_object_state_dict_round_trips_through_orbax(tmp_path):
         restored = checkpointer.restore(tmp_path / "orbax", arrays)
     resumed = optimizers.NAdam(saved_params, lr=0.01)
     template = resumed.state_dict()
-    resumed.load_state_dict({"state": {int(k): v for k, v in restored.items()}, "param_groups": template["param_groups"]})
+    resumed.load_state_dict(
+        {"state": {int(k): v for k, v in restored.items()}, "param_groups": template["param_groups"]}
+    )
     for inputs, targets in data[3:]:
         optimizer.step(jax.grad(loss_fn)(optimizer.params, inputs, targets))
         resumed.step(jax.grad(loss_fn)(resumed.params, inputs, targets))

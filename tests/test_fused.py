@@ -46,8 +46,14 @@ def test_fused_agrees_with_the_reference_path_and_torch_optims_fused(entry, dtyp
     precision = "float32" if lr_array else dtype  # the steps are float32 numbers then
     for reference in ("torch", "torch.optim fused"):
         expected = Run(entry, reference, problem, kwargs, lr_array)
-        REPORT.compare(entry.name, f"torch fused vs {reference}", dtype, fused, expected.trajectory(problem.grads),
-                       ACROSS_FRAMEWORKS[precision])
+        REPORT.compare(
+            entry.name,
+            f"torch fused vs {reference}",
+            dtype,
+            fused,
+            expected.trajectory(problem.grads),
+            ACROSS_FRAMEWORKS[precision],
+        )
         if reference == "torch":
             state, expected_state = run.state(), expected.state()
             assert state.keys() == expected_state.keys()
@@ -181,14 +187,18 @@ def test_non_floating_parameters_get_torchs_error_and_nothing_changes(entry):
 def test_without_a_compiler_the_step_runs_eagerly_with_a_warning(entry):
     """Every fused algorithm, counters included (Adam's and Adagrad's ``step`` once crashed here
     advancing an empty list of counters)."""
+
     def unavailable(function, **options):
         def fail(*args):
             raise RuntimeError("no C++ compiler")
+
         return fail
 
     model, reference = _model(), _model()
-    with mock.patch.multiple(torch_fused, _kernels={}, _compiled=set(), _failed=set()), \
-            mock.patch.object(torch, "compile", unavailable):
+    with (
+        mock.patch.multiple(torch_fused, _kernels={}, _compiled=set(), _failed=set()),
+        mock.patch.object(torch, "compile", unavailable),
+    ):
         ours = entry.ours(model.parameters(), **entry.options, fused=True)
         with pytest.warns(UserWarning, match="could not be compiled here, so it runs eagerly"):
             got = _train(model, ours, 3)

@@ -288,9 +288,7 @@ def test_bfloat16_state_moves_between_backends():
     back = optimizers.SGD({"w": jnp.ones(4, jnp.bfloat16)}, lr=0.1)
     back.load_state_dict(torch_opt.state_dict())
     (handle,) = back.param_groups[0]["params"]
-    np.testing.assert_array_equal(
-        np.asarray(back.state[handle]["momentum_buffer"], np.float32), buffer.float().numpy()
-    )
+    np.testing.assert_array_equal(np.asarray(back.state[handle]["momentum_buffer"], np.float32), buffer.float().numpy())
 
 
 def test_deepcopy_and_pickle_of_a_jax_optimizer():

@@ -45,7 +45,7 @@ def lbfgs_cases(draw):
 def run(backend, problem, kwargs, dtype="float64"):
     """Per step: the parameters, the loss returned, and the evaluation and iteration counts."""
     start = problem["start"].astype(dtype)
-    pieces = [start[: problem["split"]], start[problem["split"]:]]
+    pieces = [start[: problem["split"]], start[problem["split"] :]]
     history = []
     if backend == "jax":
         loss = objective(problem["kind"], jnp, problem["curvature"], problem["target"])
@@ -56,7 +56,9 @@ def run(backend, problem, kwargs, dtype="float64"):
             history.append(([np.asarray(p) for p in optimizer.params], float(returned)))
         state = optimizer.state[optimizer.param_groups[0]["params"][0]]
     else:
-        loss = objective(problem["kind"], torch, torch.from_numpy(problem["curvature"]), torch.from_numpy(problem["target"]))
+        loss = objective(
+            problem["kind"], torch, torch.from_numpy(problem["curvature"]), torch.from_numpy(problem["target"])
+        )
         params = [torch.tensor(p, requires_grad=True) for p in pieces]
         optimizer = (torch.optim.LBFGS if backend == "torch.optim" else optimizers.LBFGS)(params, **kwargs)
 
@@ -88,10 +90,13 @@ def test_lbfgs_takes_torch_optims_iterates_and_evaluations_on_both_backends(case
 
 @pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
 def test_float32_on_the_torch_backend_is_torch_optims_bit_for_bit(line_search_fn):
-    problem = dict(kind="rosenbrock", start=np.array([-1.2, 1.0, -0.5]), curvature=np.ones(3), target=np.zeros(3),
-                   split=1, steps=3)
+    problem = dict(
+        kind="rosenbrock", start=np.array([-1.2, 1.0, -0.5]), curvature=np.ones(3), target=np.zeros(3), split=1, steps=3
+    )
     kwargs = dict(line_search_fn=line_search_fn, history_size=4)
-    (ours, counts), (reference, reference_counts) = (run(b, problem, kwargs, "float32") for b in ("torch", "torch.optim"))
+    (ours, counts), (reference, reference_counts) = (
+        run(b, problem, kwargs, "float32") for b in ("torch", "torch.optim")
+    )
     assert counts == reference_counts
     for (values, loss), (expected_values, expected_loss) in zip(ours, reference, strict=True):
         assert loss == expected_loss and all(a.tobytes() == b.tobytes() for a, b in zip(values, expected_values))

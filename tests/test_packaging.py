@@ -34,7 +34,9 @@ def run(code: str) -> str:
 @pytest.mark.parametrize("jax_installed", [False, True])
 def test_every_algorithm_trains_a_torch_model_and_never_imports_jax(jax_installed):
     block = "" if jax_installed else BLOCK_JAX
-    assert run(f"import sys\n{block}\nfrom tests import torch_only\ntorch_only.main()").startswith(f"{ALGORITHMS} algorithms")
+    assert run(f"import sys\n{block}\nfrom tests import torch_only\ntorch_only.main()").startswith(
+        f"{ALGORITHMS} algorithms"
+    )
 
 
 def test_a_jax_feature_without_jax_names_the_extra_to_install():

@@ -50,7 +50,9 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return torch.equal(a.isnan(), b.isnan()) and bool(((a - b).nan_to_num().abs() <= tolerance * scale).all())
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     nan = a.detach().isnan()  # a NaN's sign and payload are not part of the contract
-    return torch.equal(nan, b.detach().isnan()) and torch.equal(a.detach()[~nan].view(bits), b.detach()[~nan].view(bits))
+    return torch.equal(nan, b.detach().isnan()) and torch.equal(
+        a.detach()[~nan].view(bits), b.detach()[~nan].view(bits)
+    )
 
 
 def assert_same_run(ours, reference, our_params, reference_params, step: int) -> None:
@@ -208,12 +210,26 @@ def test_adam_plan_runs_in_place():
     params[0].grad = torch.randn(5)
     optimizers.Adam(params).step()
     switches = {"amsgrad": False, "maximize": False, "l2": False, "decoupled_decay": False}
-    (entry,) = [v[0] for k, v in torch_plan._plans.items() if v and k[0] is optimizers.Adam.update
-                and k[1] == "each" and dict(k[3]) == switches and k[2][1] == torch.float32 and not k[2][5]]
+    (entry,) = [
+        v[0]
+        for k, v in torch_plan._plans.items()
+        if v
+        and k[0] is optimizers.Adam.update
+        and k[1] == "each"
+        and dict(k[3]) == switches
+        and k[2][1] == torch.float32
+        and not k[2][5]
+    ]
     assert len(entry.plan.workspaces) == 1
     assert [i.name for i in entry.plan.instructions] == ["lerp", "mul", "addcmul", "sqrt", "div", "add", "addcdiv"]
     assert [i.dest for i in entry.plan.instructions] == [
-        "state:exp_avg", "state:exp_avg_sq", "state:exp_avg_sq", "work0", "work0", "work0", "param"
+        "state:exp_avg",
+        "state:exp_avg_sq",
+        "state:exp_avg_sq",
+        "work0",
+        "work0",
+        "work0",
+        "param",
     ]
 
 

@@ -81,7 +81,9 @@ def test_torch_backend_matches_torch_optim(entry, dtype, data):
     lr_array = entry.tensor_lr and data.draw(st.booleans(), label="lr as a one-element array")
     ours = trajectory(entry, "torch", problem, kwargs, lr_array)
     expected = trajectory(entry, "torch.optim", problem, kwargs, lr_array)
-    REPORT.compare(entry.name, "torch vs torch.optim", dtype, ours, expected, tolerance(entry, "torch", "torch.optim", dtype))
+    REPORT.compare(
+        entry.name, "torch vs torch.optim", dtype, ours, expected, tolerance(entry, "torch", "torch.optim", dtype)
+    )
 
 
 # The functional update and the object's step trace the same rule, but into separately compiled
@@ -115,7 +117,9 @@ def test_maximize_equals_minimizing_the_negated_gradient(entry, backend, data):
     problem, kwargs = draw_case(data, entry, "float64")
     maximized = trajectory(entry, backend, problem, {**kwargs, "maximize": True})
     minimized = trajectory(entry, backend, problem.negated(), {**kwargs, "maximize": False})
-    REPORT.compare(entry.name, f"maximize ({backend})", "float64", maximized, minimized, 0.0 if backend == "torch" else 1e-13)
+    REPORT.compare(
+        entry.name, f"maximize ({backend})", "float64", maximized, minimized, 0.0 if backend == "torch" else 1e-13
+    )
 
 
 CHECKPOINT_ROUTES = [
@@ -227,7 +231,9 @@ def test_closure_driven_training_agrees_across_backends(entry, data, seed, steps
         assert torch_loss.item() == pytest.approx(float(jax_loss), rel=loss_tolerance, abs=1e-12)
         torch_path.append([p.detach().numpy().copy()])
         jax_path.append([np.asarray(jax_opt.params)])
-    REPORT.compare(entry.name, "closure torch vs jax", "float64", jax_path, torch_path, across_frameworks(entry, "float64"))
+    REPORT.compare(
+        entry.name, "closure torch vs jax", "float64", jax_path, torch_path, across_frameworks(entry, "float64")
+    )
 
 
 # Keywords that select an implementation, not the math: accepted, never generated.

@@ -42,6 +42,7 @@ def bits(array: np.ndarray) -> np.ndarray:
 
 # -- empty and 0-d parameters ------------------------------------------------------------
 
+
 def extreme_shapes(entry) -> list[tuple]:
     return [(3, 2), (0, 2), (2, 0), (1, 1)] if entry.matrices_only else [(3,), (), (0,), (2, 0, 3)]
 
@@ -83,6 +84,7 @@ def test_empty_and_zero_dim_parameters_step_or_fail_as_in_torch_optim_and_fail_a
 
 # -- long runs -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "Adamax"])
 def test_step_counts_past_2_to_the_24_keep_torch_optims_and_the_exact_bias_corrections(name):
     """A float32 ``step`` stops at 2**24 (adding 1 rounds back), as torch.optim's does; the
@@ -104,7 +106,10 @@ def test_step_counts_past_2_to_the_24_keep_torch_optims_and_the_exact_bias_corre
     def run(cls, backend):
         param = torch.nn.Parameter(torch.tensor(value)) if backend != "jax" else jnp.asarray(value)
         opt = cls([param], lr=1e-3)
-        template = {"state": {0: state_for(param, backend != "jax")}, "param_groups": copy.deepcopy(opt.state_dict()["param_groups"])}
+        template = {
+            "state": {0: state_for(param, backend != "jax")},
+            "param_groups": copy.deepcopy(opt.state_dict()["param_groups"]),
+        }
         opt.load_state_dict(template)
         path = []
         for _ in range(4):
@@ -157,7 +162,9 @@ def test_float32_state_for_low_precision_parameters_is_a_float32_run_rounded_eac
 
     ours = [torch.nn.Parameter(rounded(p)) for p in problem.params]
     reference = [torch.nn.Parameter(rounded(p).float()) for p in problem.params]
-    ours_opt = entry.ours([{"params": [ours[i] for i in g]} for g in problem.groups], state_dtype=torch.float32, **kwargs)
+    ours_opt = entry.ours(
+        [{"params": [ours[i] for i in g]} for g in problem.groups], state_dtype=torch.float32, **kwargs
+    )
     reference_opt = entry.reference([{"params": [reference[i] for i in g]} for g in problem.groups], **kwargs)
     for row in problem.grads:
         for mine, theirs, grad in zip(ours, reference, row):
@@ -243,6 +250,7 @@ def test_float16_eps_underflow_gives_torch_optims_nan_and_float32_state_avoids_i
 
 
 # -- skipping non-finite steps: the algorithms the property cannot feed ------------------------
+
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_lbfgs_skips_a_step_whose_closure_gives_non_finite_gradients(backend):

@@ -101,7 +101,13 @@ def test_a_dense_gradient_is_refused_with_torch_optims_error_and_nothing_changes
 
 
 def test_constructor_errors_match_torch_optim():
-    cases = [dict(lr=0.0), dict(eps=0.0), dict(betas=(1.0, 0.5)), dict(betas=(0.5, -0.1)), dict(lr=torch.tensor([0.1, 0.2]))]
+    cases = [
+        dict(lr=0.0),
+        dict(eps=0.0),
+        dict(betas=(1.0, 0.5)),
+        dict(betas=(0.5, -0.1)),
+        dict(lr=torch.tensor([0.1, 0.2])),
+    ]
     for kwargs in cases:
         for params in ([torch.zeros(2, requires_grad=True)], [jnp.zeros(2)]):
             with pytest.raises(ValueError) as expected:
@@ -138,6 +144,7 @@ def test_a_checkpoint_moves_between_torch_optim_and_jax_with_an_integer_step(rou
         def step(rows, values):
             param.grad = torch_gradient(value.shape, rows, values)
             optimizer.step()
+
         return optimizer, step
 
     first, step = build(source, start)

@@ -168,7 +168,10 @@ SETTINGS = [
     ("SGD", dict(lr=0.05, momentum=0.9, fused=True)),
     ("Adam", dict(lr=0.01)),
     ("Adam", dict(lr=torch.tensor(0.01), betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True, maximize=True)),
-    ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(torch.tensor(0.8), torch.tensor(0.9)))),
+    (
+        "Adam",
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(torch.tensor(0.8), torch.tensor(0.9))),
+    ),
     ("Adam", dict(lr=0.01, amsgrad=True, foreach=True)),
     ("Adam", dict(lr=0.01, fused=True)),
     ("AdamW", dict(lr=0.01)),
@@ -267,7 +270,11 @@ def test_an_older_checkpoint_without_newer_flags_loads():
     # Missing flags take the constructor's defaults (torch.optim.SGD hard-codes the same
     # values, except fused, which it fills with False where the signature says None).
     assert (group["nesterov"], group["maximize"], group["foreach"], group["differentiable"], group["fused"]) == (
-        False, False, None, False, None,
+        False,
+        False,
+        None,
+        False,
+        None,
     )
 
 
