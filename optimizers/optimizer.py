@@ -551,7 +551,11 @@ class Optimizer(torch.optim.Optimizer):
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch's __setstate__ adds a "differentiable" default, which not every class has.
+        had_differentiable = "differentiable" in state.get("defaults", getattr(self, "defaults", {}))
         super().__setstate__({"skip_nonfinite": False, "skipped_steps": 0, "state_dtype": None, **state})
+        if not had_differentiable:
+            self.defaults.pop("differentiable", None)
         self._backend_memory = {}  # it held the replaced state
         # A flag missing from an older checkpoint means the behaviour from before the
         # flag existed: the class's default for it.  A key the constructor derives (Lion's
