@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .validation import check_array_lr, check_fused, check_nonnegative
+from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
 
 __all__ = ["Adan"]
 
@@ -86,9 +86,7 @@ class Adan(Optimizer):
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
         check_nonnegative(eps, "epsilon value")
-        for index in range(3):
-            if not 0.0 <= betas[index] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
+        check_betas(betas)
         check_fused(fused, foreach, False)
         super().__init__(**signature_arguments(Adan.__init__, locals()))
 

@@ -6,7 +6,7 @@ import math as _math
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .validation import check_array_lr, check_fused, check_nonnegative
+from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
 
 __all__ = ["AdEMAMix"]
 
@@ -74,9 +74,7 @@ class AdEMAMix(Optimizer):
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
         check_nonnegative(eps, "epsilon value")
-        for index in range(3):
-            if not 0.0 <= betas[index] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
+        check_betas(betas)
         check_nonnegative(weight_decay, "weight_decay value")
         check_nonnegative(alpha, "alpha value")
         check_fused(fused, foreach, False)

@@ -56,7 +56,11 @@ def check_nonnegative(value: Any, what: str) -> None:
 
 
 def check_betas(betas: Any) -> None:
-    for index in (0, 1):
+    """Each beta in [0, 1): two for Adam's family, three for AdEMAMix and Adan.
+
+    Indexed as torch.optim does, so that too few betas raise its IndexError.
+    """
+    for index in range(max(2, len(betas))):
         if not 0.0 <= betas[index] < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
 
@@ -72,7 +76,8 @@ def state_dtype_name(dtype: Any) -> str | None:
     """A ``state_dtype`` of any framework (torch.float32, jnp.float32, "float32") by its name."""
     if dtype is None:
         return None
-    name = backends.dtype_name(dtype)
+    # A string names the dtype exactly ("float" is no dtype here, though NumPy reads it as float64).
+    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else backends.dtype_name(dtype)
     if name not in ("float32", "float64"):
         raise TypeError(f"state_dtype must be float32, float64 or None (the parameter's dtype), but got {dtype!r}")
     return name

@@ -24,6 +24,8 @@ def train(module, name: str) -> list[torch.Tensor]:
     else:
         parameters = list(model.parameters())
     optimizer = getattr(module, name)(parameters)
+    if hasattr(optimizer, "train"):  # Schedule-Free starts in eval mode
+        optimizer.train()
     data = torch.randn(16, 4)
 
     def closure():
