@@ -21,9 +21,6 @@ from .validation import state_dtype_name, with_torch_truth_error
 
 __all__ = ["Optimizer", "required", "signature_arguments"]
 
-#: The options every optimizer of this library takes besides its hyperparameters.
-LIBRARY_OPTIONS = ("backend", "skip_nonfinite", "state_dtype")
-
 
 class _ClassOrInstanceMethod:
     """A method that receives the class when called on it and the object when called on one."""
