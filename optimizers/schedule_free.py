@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import backends
+
 from .optimizer import Optimizer, signature_arguments
 from .validation import check_array_lr, check_fused, check_nonnegative
 
@@ -55,7 +57,8 @@ class _ScheduleFree(Optimizer):
 
     @staticmethod
     def _averaging(math, numbers, beta):
-        """The step's interpolation weight and y's coefficient, from the advanced counters."""
+        """The step's interpolation weight and y's coefficient, from the advanced counters (the
+        step's weight is read again from them: the group keeps the counters, not the weight)."""
         lr, weight_sum = numbers["scheduled_lr"], numbers["weight_sum"]
         weight = numbers["k"] ** numbers["r"] * numbers["lr_max"] ** numbers["weight_lr_power"]
         # weight_sum is 0 while every learning rate so far was 0: the reference's ckp1 = 0 there
@@ -94,12 +97,11 @@ class _ScheduleFree(Optimizer):
 
         As ``optax.contrib.schedule_free_eval_params``; ``beta`` is AdamW's beta1 or SGD's momentum.
         """
+        ops = backends.get("jax").ops
         import jax
 
-        from backends.jax_ops import JaxOps
-
         # state holds a dict at each of params' leaves: tree_map passes it whole
-        return jax.tree_util.tree_map(lambda y, held: JaxOps.lerp(y, held["z"], 1 - 1 / beta), params, state)
+        return jax.tree_util.tree_map(lambda y, held: ops.lerp(y, held["z"], 1 - 1 / beta), params, state)
 
     @staticmethod
     def initial_state(ops, param, h):
