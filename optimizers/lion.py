@@ -64,10 +64,11 @@ class Lion(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         check_fused(fused, foreach, False)
         super().__init__(**signature_arguments(Lion.__init__, locals()))
-        # lion-pytorch divides a decoupled decay by the constructor's lr, for every group.
-        self.defaults["initial_lr_of_decay"] = lr
+        # lion-pytorch divides a decoupled decay by the constructor's lr, for every group (a
+        # bool lr counts as its number, as the groups' own lr does).
+        self.defaults["initial_lr_of_decay"] = float(lr) if isinstance(lr, bool) else lr
         for group in self.param_groups:
-            group["initial_lr_of_decay"] = lr
+            group["initial_lr_of_decay"] = self.defaults["initial_lr_of_decay"]
 
     @staticmethod
     def switches(group):

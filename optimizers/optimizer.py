@@ -291,6 +291,11 @@ class Optimizer(torch.optim.Optimizer):
             if default is required and name not in param_group:
                 raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
             param_group.setdefault(name, default)
+        # torch.optim takes a bool for a number (True as 1); the rule would take it for a switch.
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            numeric_default = isinstance(parameter.default, (int, float)) and not isinstance(parameter.default, bool)
+            if numeric_default and isinstance(param_group.get(name), bool):
+                param_group[name] = float(param_group[name])
         if len(params) != len(set(params)):
             warnings.warn(
                 "optimizer contains a parameter group with duplicate parameters; "

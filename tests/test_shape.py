@@ -108,3 +108,15 @@ def test_a_subclass_defines_its_rule_or_its_step():
     with pytest.raises(NotImplementedError, match="defines update"):
         Incomplete([weight]).step()
     assert torch.equal(weight, torch.zeros(2))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Adagrad", "RMSprop"])
+def test_a_bool_for_a_number_is_that_number_as_in_torch_optim(name):
+    """torch.optim trains with lr=True as lr=1; the rule must not take the bool for a switch."""
+    ours, theirs = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    optimizers_pair = getattr(optimizers, name)([ours], lr=True), getattr(torch.optim, name)([theirs], lr=True)
+    for optimizer, param in zip(optimizers_pair, (ours, theirs)):
+        for step in range(3):
+            param.grad = torch.full((3,), float(step + 1))
+            optimizer.step()
+    assert torch.equal(ours, theirs)
