@@ -54,6 +54,10 @@ class JaxOps:
         return (value * t1) / t2 + x
 
     @staticmethod
+    def is_sparse(x):
+        return isinstance(x, sparse.BCOO)
+
+    @staticmethod
     def dense(x):
         return x.todense() if isinstance(x, sparse.BCOO) else x
 
@@ -77,9 +81,9 @@ class JaxOps:
         return dense.at[tuple(like.indices.T)].get(mode="fill", fill_value=0)
 
     @staticmethod
-    def scatter_add(dense, like, values):
-        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
-        return dense.at[tuple(like.indices.T)].add(values, mode="drop")
+    def scatter_add(dense, like, values, alpha=1.0):
+        """``dense + alpha * s``, ``s`` the sparse array with ``like``'s indices and ``values``."""
+        return dense.at[tuple(like.indices.T)].add(values * alpha, mode="drop")  # times 1.0: exact
 
     @staticmethod
     def clamp(x, low=None, high=None):

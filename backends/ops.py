@@ -79,6 +79,9 @@ class Ops(Protocol):
         """A 0-d array as a host number, as torch.optim's ``.item()`` reads it."""
 
     # -- sparse gradients ----------------------------------------------------------------------
+    def is_sparse(self, x: Array) -> bool:
+        """Whether ``x`` is a sparse array (torch sparse COO, JAX ``BCOO``): a host-side branch."""
+
     def dense(self, x: Array) -> Array:
         """A sparse gradient as the dense array it stands for."""
 
@@ -90,5 +93,5 @@ class Ops(Protocol):
     def gather(self, dense: Array, like: Array) -> Array:
         """The entries of ``dense`` where the sparse array ``like`` has entries, shaped as its values."""
 
-    def scatter_add(self, dense: Array, like: Array, values: Array) -> Array:
-        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
+    def scatter_add(self, dense: Array, like: Array, values: Array, alpha: Any = 1.0) -> Array:
+        """``dense + alpha * s``, ``s`` the sparse array with ``like``'s indices and ``values``."""

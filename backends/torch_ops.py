@@ -34,6 +34,10 @@ class TorchOps:
         return torch.addcdiv(x, t1, t2, value=value)
 
     @staticmethod
+    def is_sparse(x):
+        return x.is_sparse
+
+    @staticmethod
     def dense(x):
         """A sparse gradient as the dense array it stands for."""
         return x.to_dense() if x.is_sparse else x
@@ -53,9 +57,10 @@ class TorchOps:
         return dense.sparse_mask(like)._values()
 
     @staticmethod
-    def scatter_add(dense, like, values):
-        """``dense`` plus a sparse array with ``like``'s indices and ``values``."""
-        return dense.add(torch.sparse_coo_tensor(like._indices(), values, like.size()))
+    def scatter_add(dense, like, values, alpha=1.0):
+        """``dense + alpha * s``, ``s`` the sparse array with ``like``'s indices and ``values``
+        (per entry as the dense add-with-alpha kernel rounds it)."""
+        return dense.add(torch.sparse_coo_tensor(like._indices(), values, like.size()), alpha=alpha)
 
     @staticmethod
     def where(condition, if_true, if_false):

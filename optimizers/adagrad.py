@@ -26,12 +26,14 @@ class Adagrad(Optimizer):
     State: ``step`` and ``sum`` (:math:`s`), created for every parameter when the
     optimizer is built, with :math:`s_0` = initial_accumulator_value.
 
+    A sparse gradient updates the entries it holds, as torch.optim's sparse path does (the
+    quotient added to the parameter with a sparse add, which rounds unlike the dense form);
+    with weight decay it raises torch.optim's error.
+
     Where definitions differ: torch starts the accumulator at 0 and adds eps
     (1e-10) after the square root; optax's ``adagrad`` starts it at 0.1 and puts
-    eps (1e-7) inside.  A sparse gradient (torch backend) gives the same result
-    as its dense form, which is how it is applied; unlike torch.optim, a
-    per-group ``initial_accumulator_value`` is honoured (torch.optim uses the
-    constructor's value for every group).
+    eps (1e-7) inside.  Unlike torch.optim, a per-group ``initial_accumulator_value``
+    is honoured (torch.optim uses the constructor's value for every group).
     """
 
     counters = {"step": 0.0}
@@ -84,9 +86,21 @@ class Adagrad(Optimizer):
     def initial_state(ops, param, h):
         return {"sum": ops.full_like(param, h.initial_accumulator_value)}
 
+    def _check_step(self, stepping):
+        super()._check_step(stepping)
+        for group, params in stepping:
+            if group["weight_decay"] != 0 and any(self._backend.is_sparse(p.grad) for p in params):
+                raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+
     @staticmethod
     def update(ops, param, grad, state, h):
-        grad = direction(ops, param, ops.dense(grad), h)
+        if ops.is_sparse(grad):
+            grad = ops.coalesce(-grad if h.maximize else grad)
+            values = ops.sparse_values(grad)
+            accumulated = ops.scatter_add(state["sum"], grad, values * values)
+            std = ops.sqrt(ops.gather(accumulated, grad)) + h.eps
+            return ops.scatter_add(param, grad, values / std, alpha=-h.clr), {"sum": accumulated}
+        grad = direction(ops, param, grad, h)
         accumulated = ops.addcmul(state["sum"], grad, grad, value=1)
         std = ops.sqrt(accumulated) + h.eps
         if h.foreach:  # torch.optim's multi-tensor Adagrad scales the gradient first

@@ -436,10 +436,7 @@ def test_add_param_group_mid_training_and_named_parameters_match_torch():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-# Left out: Adagrad, a library bug.  Ours applies a sparse gradient as its dense form, which
-# torch.optim's dense path rounds alike; its sparse path adds the quotient g / std to the
-# parameter with a sparse add, which rounds otherwise: a float32 ulp apart from the second step.
-@pytest.mark.parametrize("entry", [entry for entry in ENTRIES if entry.name != "Adagrad"], ids=repr)
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
 def test_sparse_gradients_step_as_in_torch_optim_or_get_its_error_before_any_change(entry):
     def run(cls):
         torch.manual_seed(0)
