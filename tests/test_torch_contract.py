@@ -473,3 +473,14 @@ def test_deepcopy_and_pickle_keep_training_identically():
         before = p.detach().clone()
         clone.step()
         assert not torch.equal(p.detach(), before)
+
+
+def test_adagrad_refuses_weight_decay_with_sparse_gradients_before_any_change():
+    results = []
+    for cls in (torch.optim.Adagrad, optimizers.Adagrad):
+        param = torch.nn.Parameter(torch.ones(3))
+        param.grad = torch.ones(3).to_sparse()
+        optimizer = cls([param], lr=0.1, weight_decay=0.1)
+        results.append(raised(optimizer.step))
+        assert torch.equal(param.detach(), torch.ones(3))
+    assert results[0] == results[1] == (RuntimeError, "weight_decay option is not compatible with sparse gradients")
