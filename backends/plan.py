@@ -279,6 +279,10 @@ class TracingOps:
     def dense(x: Traced) -> Traced:
         return x  # a planned step has dense gradients only
 
+    @staticmethod
+    def is_sparse(x: Traced) -> bool:
+        return False  # a planned step has dense gradients only
+
 
 # -- the trace -----------------------------------------------------------------------------
 
