@@ -152,6 +152,10 @@ class Backend(Protocol):
     def value(self, param: Any) -> Any:
         """The current array of a parameter object."""
 
+    def value_for_state(self, param: Any, *, differentiable: bool) -> Any:
+        """The parameter's array to build its initial state from: outside autograd's graph
+        unless the step is differentiable, as torch.optim creates state under no_grad."""
+
     def write(self, param: Any, value: Any) -> None:
         """Set a parameter's value (in place on torch, keeping the tensor's identity)."""
 

@@ -100,6 +100,9 @@ class JaxBackend:
     def value(self, param: Param) -> jax.Array:
         return param.value
 
+    def value_for_state(self, param: Param, *, differentiable: bool) -> jax.Array:
+        return param.value
+
     def write(self, param: Param, value: jax.Array) -> None:
         param.value = value
 

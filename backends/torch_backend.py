@@ -80,6 +80,9 @@ class TorchBackend:
     def value(self, param: torch.Tensor) -> torch.Tensor:
         return param
 
+    def value_for_state(self, param: torch.Tensor, *, differentiable: bool) -> torch.Tensor:
+        return param if differentiable else param.detach()
+
     def write(self, param: torch.Tensor, value: torch.Tensor) -> None:
         if value is not param:
             with torch.no_grad():

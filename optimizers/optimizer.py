@@ -452,7 +452,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _initial_state(self, param: Any, h: Any) -> dict[str, Any]:
         """A parameter's state before its first step: counters, then the algorithm's arrays."""
-        value = self._backend.value(param)
+        value = self._backend.value_for_state(param, differentiable=bool(self.defaults.get("differentiable")))
         return backends.initial_state(self._backend, self._rule, value, h, self._backend.counter_dtype())
 
     def _initialize_all_state(self) -> None:

@@ -71,12 +71,12 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("agreement between implementations (measured in this run)")
     write(
-        f"{'optimizer':<10} {'comparison':<22} {'dtype':<8} {'examples':>8} {'elements':>10} "
+        f"{'optimizer':<10} {'comparison':<28} {'dtype':<8} {'examples':>8} {'elements':>10} "
         f"{'bitwise equal':>14} {'max rel err':>12}"
     )
     for (optimizer, pair, dtype), row in sorted(REPORT.rows.items()):
         fraction = row.bitwise / row.elements if row.elements else 1.0
         write(
-            f"{optimizer:<10} {pair:<22} {dtype:<8} {row.examples:>8} {row.elements:>10} "
+            f"{optimizer:<10} {pair:<28} {dtype:<8} {row.examples:>8} {row.elements:>10} "
             f"{fraction:>13.2%} {row.max_relative_error:>12.3g}"
         )

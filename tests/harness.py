@@ -1,20 +1,24 @@
-"""Run one optimizer over a Problem on a backend, and measure how two runs agree.
+"""Run one registered optimizer over a problem on a backend, through ``optimizers.testing``.
 
 Backends: ``"torch.optim"`` (the reference), ``"torch"`` and ``"jax"`` (ours), and
 ``"functional"``: the JAX optimizer's pure form (``init``/``update``) on all leaves at once.
+Each is a contender of the public test kit, so the suite compares trajectories as the kit's
+users do; the session's agreement table collects the kit's reports.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from optimizers import testing
+from optimizers.testing.report import difference, largest_finite
 from tests.registry import Entry
-from tests.strategies import Problem
 
 BACKENDS = ("torch.optim", "torch", "jax")
 
@@ -25,49 +29,71 @@ def to_numpy(value) -> np.ndarray:
     return np.array(value)
 
 
-class Run:
-    """An optimizer on one backend, fed a Problem's gradients step by step."""
+class FunctionalRun(testing.Run):
+    def __init__(self, form, params: Sequence[np.ndarray]):
+        self.leaves = [jnp.asarray(value) for value in params]
+        self.optimizer = self.form = form(self.leaves)
+        self.functional_state = self.form.init(self.leaves)
 
-    def __init__(self, entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_array: bool = False):
-        """``backend``: "torch", "jax", "functional" (ours), "torch.optim"; "torch fused" and
-        "torch.optim fused" are the first and last with ``fused=True``."""
-        kwargs = dict(kwargs)
-        if backend.endswith(" fused"):
-            backend, kwargs["fused"] = backend.removesuffix(" fused"), True
-        self.backend, self.problem = backend, problem
-        if lr_array:  # a one-element float32 array, as users write torch.tensor(0.01)
-            lr = kwargs["lr"]
-            jax_side = backend in ("jax", "functional")
-            kwargs["lr"] = jnp.asarray(lr, jnp.float32) if jax_side else torch.tensor(lr, dtype=torch.float32)
-        if backend == "jax":
-            groups = [{"params": [jnp.asarray(problem.params[i]) for i in g]} for g in problem.groups]
-            self.optimizer = entry.ours(groups, **kwargs)
-        elif backend == "functional":
-            self.leaves = [jnp.asarray(value) for value in problem.params]
-            self.form = entry.ours(self.leaves, **kwargs).functional()
-            self.functional_state = self.form.init(self.leaves)
-        else:
-            self.tensors = [torch.tensor(p, requires_grad=True) for p in problem.params]
-            groups = [{"params": [self.tensors[i] for i in g]} for g in problem.groups]
-            self.optimizer = (entry.reference if backend == "torch.optim" else entry.ours)(groups, **kwargs)
-        assert backend in ("torch.optim", "functional") or self.optimizer.backend == backend
-
-    def step(self, grads: list[np.ndarray | None]) -> None:
-        if self.backend == "functional":
-            self.leaves, self.functional_state = self.form.update(grads, self.functional_state, self.leaves)
-        elif self.backend == "jax":
-            self.optimizer.step([[grads[i] for i in g] for g in self.problem.groups])
-        else:
-            for tensor, grad in zip(self.tensors, grads):
-                tensor.grad = None if grad is None else torch.tensor(grad)
-            self.optimizer.step()
+    def step(self, problem: testing.Problem, step: int) -> None:
+        grads = problem.gradients(step, self.values)
+        self.leaves, self.functional_state = self.form.update(grads, self.functional_state, self.leaves)
 
     def values(self) -> list[np.ndarray]:
-        if self.backend == "functional":
-            return [to_numpy(v) for v in self.leaves]
-        if self.backend == "jax":
-            return [to_numpy(v) for group in self.optimizer.params for v in group]
-        return [to_numpy(t) for t in self.tensors]
+        return [to_numpy(v) for v in self.leaves]
+
+
+class Functional(testing.Contender):
+    """Our optimizer's pure JAX form (``init``, ``update(grads, state, params) -> (params, state)``),
+    ``form(leaves)`` making it: a contender the kit does not ship."""
+
+    def __init__(self, form):
+        self.form, self.name = form, "functional"
+
+    def start(self, params: Sequence[np.ndarray]) -> testing.Run:
+        return FunctionalRun(self.form, params)
+
+
+def contender(entry: Entry, backend: str, problem: testing.Problem, kwargs: dict, lr_array: bool = False):
+    """``entry``'s optimizer with ``kwargs`` on ``backend`` ("torch", "jax", "functional",
+    "torch.optim"; "torch fused" and "torch.optim fused" are the first and last with
+    ``fused=True``), its parameters in ``problem``'s groups."""
+    kwargs = dict(kwargs)
+    if backend.endswith(" fused"):
+        backend, kwargs["fused"] = backend.removesuffix(" fused"), True
+    if lr_array:  # a one-element float32 array, as users write torch.tensor(0.01)
+        lr = kwargs["lr"]
+        jax_side = backend in ("jax", "functional")
+        kwargs["lr"] = jnp.asarray(lr, jnp.float32) if jax_side else torch.tensor(lr, dtype=torch.float32)
+    groups = problem.groups or [list(range(len(problem.params)))]
+
+    def grouped(leaves):
+        return [{"params": [leaves[i] for i in group]} for group in groups]
+
+    if backend == "functional":
+        return Functional(lambda leaves: entry.ours(leaves, **kwargs).functional())
+    if backend == "jax":
+        return testing.jax(lambda leaves: entry.ours(grouped(leaves), **kwargs), name="jax")
+    cls = entry.reference if backend == "torch.optim" else entry.ours
+    return testing.torch(lambda tensors: cls(grouped(tensors), **kwargs), name=backend)
+
+
+class Run:
+    """An optimizer on one backend, stepped through a problem one step at a time."""
+
+    def __init__(self, entry: Entry, backend: str, problem: testing.Problem, kwargs: dict, lr_array: bool = False):
+        self.problem, self.taken = problem, 0
+        self.run = contender(entry, backend, problem, kwargs, lr_array).start(list(problem.params))
+        self.optimizer = self.run.optimizer
+        self.backend = backend.removesuffix(" fused")
+        assert self.backend not in ("torch", "jax") or self.optimizer.backend == self.backend
+
+    def step(self) -> None:
+        self.run.step(self.problem, self.taken)
+        self.taken += 1
+
+    def values(self) -> list[np.ndarray]:
+        return self.run.values()
 
     def state(self) -> dict[int, dict[str, np.ndarray]]:
         """Per-leaf state as NumPy arrays (state_dict indices are leaf indices: groups are contiguous)."""
@@ -76,10 +102,11 @@ class Run:
             for index, entry in self.optimizer.state_dict()["state"].items()
         }
 
-    def trajectory(self, grads: list[list[np.ndarray | None]]) -> list[list[np.ndarray]]:
+    def trajectory(self, steps: int | None = None) -> list[list[np.ndarray]]:
+        """The values after each of the next ``steps`` steps (default: to the problem's end)."""
         result = []
-        for row in grads:
-            self.step(row)
+        for _ in range(self.problem.steps - self.taken if steps is None else steps):
+            self.step()
             result.append(self.values())
         return result
 
@@ -97,8 +124,8 @@ class Run:
         return torch.load(buffer, weights_only=True)
 
 
-def trajectory(entry: Entry, backend: str, problem: Problem, kwargs: dict, lr_array: bool = False):
-    return Run(entry, backend, problem, kwargs, lr_array).trajectory(problem.grads)
+def trajectory(entry: Entry, backend: str, problem: testing.Problem, kwargs: dict, lr_array: bool = False):
+    return testing.trajectory(contender(entry, backend, problem, kwargs, lr_array), problem)
 
 
 def training_step(entry: Entry, optimizer, loss) -> None:
@@ -128,21 +155,12 @@ def raised(call) -> tuple[type, str] | None:
 
 
 def relative_error(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
-    """max|a - b| / scale, the scale being max|b| unless given (0 when there is no difference)."""
-    if a.size == 0:
-        return 0.0
-    scale = np.max(np.abs(b)) if scale is None else scale
-    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
-    difference = np.max(np.abs(a.astype(wide) - b.astype(wide)))
-    if difference == 0:
-        return 0.0
-    return float(difference / scale) if scale > 0 else float("inf")
-
-
-def bitwise_equal(a: np.ndarray, b: np.ndarray) -> int:
-    """How many elements of a and b have the same bit pattern."""
-    unsigned = f"u{a.dtype.itemsize}"
-    return int(np.count_nonzero(a.view(unsigned) == b.view(unsigned)))
+    """The kit's error of ``a`` against ``b``: max|a - b| relative to ``scale`` (default: the
+    largest finite magnitude of either)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if scale is None:
+        scale = max(largest_finite(a), largest_finite(b))
+    return difference(1, 0, a, b, scale).error
 
 
 @dataclass
@@ -160,30 +178,18 @@ class AgreementReport:
     rows: dict[tuple[str, str, str], Agreement] = field(default_factory=dict)
 
     def compare(self, optimizer: str, pair: str, dtype: str, got, expected, tolerance: float) -> None:
-        """Assert two trajectories agree within ``tolerance`` and record the figures.
-
-        The error of a parameter at a step is relative to the largest magnitude it has
-        had so far in the expected run: each step's value is a sum of terms that large,
-        so an ulp of difference in one of them is an error of that size.  Measuring
-        against the current value alone would call cancellation a disagreement: in a
-        float32 Adagrad run, torch's CPU sqrt (1 ulp off the correctly rounded one)
-        moved a parameter passing from -0.453 to 0.0043 by 6e-8, which is 1.4e-5 of
-        its final value and 1.3e-7 of its scale.
-        """
+        """Assert two trajectories agree within ``tolerance`` relative to each parameter's scale
+        (bit for bit at 0), as ``testing.assert_agree`` does, and record the figures."""
+        first, second = pair.split(" vs ") if " vs " in pair else (pair, "expected")
+        report = testing.Report.of(got, expected, (first, second), dtype)
         row = self.rows.setdefault((optimizer, pair, dtype), Agreement())
         row.examples += 1
-        scales: dict[int, float] = {}
-        for step, (got_values, expected_values) in enumerate(zip(got, expected, strict=True)):
-            for leaf, (a, b) in enumerate(zip(got_values, expected_values, strict=True)):
-                assert a.dtype == b.dtype and a.shape == b.shape, (step, leaf, a.dtype, b.dtype, a.shape, b.shape)
-                scales[leaf] = max(scales.get(leaf, 0.0), float(np.max(np.abs(b))) if b.size else 0.0)
-                error = relative_error(a, b, scales[leaf])
-                row.elements += a.size
-                row.bitwise += bitwise_equal(a, b)
-                row.max_relative_error = max(row.max_relative_error, error)
-                assert error <= tolerance, (
-                    f"{pair} {dtype}: step {step}, leaf {leaf}: relative error {error:.3g} > {tolerance:g}"
-                )
+        for found in report.differences:
+            row.elements += found.size
+            row.bitwise += found.equal_bits
+        row.max_relative_error = max(row.max_relative_error, report.max_error)
+        found = report.first_divergence(rtol=tolerance)
+        assert found is None, f"{optimizer}, {dtype}: " + report.explain(found, tolerance, 0.0)
 
     def rows_as_data(self) -> list:
         """The rows as plain data (to cross from a pytest-xdist worker to the controller)."""

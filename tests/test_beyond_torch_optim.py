@@ -6,7 +6,9 @@ they do not."""
 
 from __future__ import annotations
 
-import jax
+import copy
+import pickle
+
 import jax.numpy as jnp
 import lion_pytorch
 import numpy as np
@@ -19,7 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optimizers
+from optimizers import testing
 
+from .harness import Functional
 from .references.adan_official import Adan as OfficialAdan
 from .references.ademamix_apple import AdEMAMix as AppleAdEMAMix
 from .strategies import problems, small_floats
@@ -100,44 +104,16 @@ PROBLEMS = {
 }
 
 
-def train_mode(optimizer):
-    """Schedule-Free optimizers start in eval mode, as their reference does."""
-    if hasattr(optimizer, "train"):
-        optimizer.train()
-    return optimizer
+def grouped(leaves, problem):
+    return [{"params": [leaves[i] for i in group]} for group in problem.groups]
 
 
-def run_torch(cls, problem, options, dtype, **ours):
-    params = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in problem.params]
-    groups = [{"params": [params[i] for i in group]} for group in problem.groups]
-    optimizer = train_mode(cls(groups, **options, **ours))
-    for grads in problem.grads:
-        for param, grad in zip(params, grads):
-            param.grad = None if grad is None else torch.tensor(grad, dtype=dtype)
-        optimizer.step()
-    return [p.detach() for p in params], optimizer
+def torch_side(cls, problem, options, eval_params=False, **ours):
+    return testing.torch(lambda ps: cls(grouped(ps, problem), **options, **ours), eval_params=eval_params)
 
 
-def run_jax(cls, problem, options):
-    optimizer = train_mode(
-        cls([{"params": [jnp.asarray(problem.params[i]) for i in group]} for group in problem.groups], **options)
-    )
-    for grads in problem.grads:
-        optimizer.step(
-            [[None if grads[i] is None else jnp.asarray(grads[i]) for i in group] for group in problem.groups]
-        )
-    by_leaf = {i: value for group, values in zip(problem.groups, optimizer.params) for i, value in zip(group, values)}
-    return [np.asarray(by_leaf[i]) for i in range(len(problem.params))]
-
-
-def relative_error(ours, theirs) -> float:
-    """The largest difference, relative to each parameter's scale (at least 1)."""
-    errors = []
-    for a, b in zip(ours, theirs):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if b.size:
-            errors.append(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
-    return max(errors, default=0.0)
+def jax_side(cls, problem, options):
+    return testing.jax(lambda leaves: cls(grouped(leaves, problem), **options))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -148,18 +124,31 @@ def relative_error(ours, theirs) -> float:
 def test_the_torch_backend_is_the_reference_bit_for_bit(name, foreach, dtype, data):
     problem = data.draw(problems(dtype, **PROBLEMS[name]))
     options = data.draw(OPTIONS[name])
-    torch_dtype = getattr(torch, dtype)
-    ours, ours_optimizer = run_torch(getattr(optimizers, name), problem, options, torch_dtype, foreach=foreach)
-    theirs, their_optimizer = run_torch(REFERENCES[name], problem, options, torch_dtype)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-    if name.startswith("ScheduleFree"):  # the averaged point, and the counters in the param groups
-        ours_optimizer.eval(), their_optimizer.eval()
-        for a, b in zip(ours, theirs):
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    ours, theirs = getattr(optimizers, name), REFERENCES[name]
+    # Schedule-Free: the averaged point x too, which eval() shows.
+    for eval_params in [False, True] if name.startswith("ScheduleFree") else [False]:
+        testing.assert_agree(
+            torch_side(ours, problem, options, eval_params, foreach=foreach),
+            torch_side(theirs, problem, options, eval_params),
+            problem=problem,
+            dtype=dtype,
+            rtol=0,
+        )
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])
+def test_schedule_free_keeps_the_references_counters_in_its_param_groups(name):
+    problem = testing.quadratic()
+    runs = [
+        testing.torch(lambda ps, cls=cls: cls(ps, lr=0.01, warmup_steps=3)).start(problem.params)
+        for cls in (getattr(optimizers, name), REFERENCES[name])
+    ]
+    for step in range(5):
+        for run in runs:
+            run.step(problem, step)
         counters = ("k", "lr_max", "weight_sum", "scheduled_lr", "train_mode")
-        for mine, reference in zip(ours_optimizer.param_groups, their_optimizer.param_groups):
-            assert {k: mine[k] for k in counters} == {k: reference[k] for k in counters}
+        mine, reference = (run.optimizer.param_groups[0] for run in runs)
+        assert {k: mine[k] for k in counters} == {k: reference[k] for k in counters}
 
 
 # Float64 agreement of the JAX backend with the torch reference.  Different sqrt and division
@@ -175,48 +164,33 @@ JAX_TOLERANCE = {"Lion": 1e-12, "AdEMAMix": 1e-12, "Adan": 1e-6, "ScheduleFreeAd
 def test_the_jax_backend_follows_the_reference(name, dtype, data):
     problem = data.draw(problems(dtype, max_steps=10, **PROBLEMS[name]))
     options = data.draw(OPTIONS[name])
-    theirs, _ = run_torch(REFERENCES[name], problem, options, getattr(torch, dtype))
-    # float32: the contract's agreement across frameworks (tests/test_properties.py)
-    tolerance = JAX_TOLERANCE[name] if dtype == "float64" else 1e-5
-    assert relative_error(run_jax(getattr(optimizers, name), problem, options), theirs) <= tolerance
-
-
-def quadratic_steps(steps=30, seed=0):
-    rng = np.random.default_rng(seed)
-    start = {"w": rng.standard_normal((7, 5)), "b": rng.standard_normal(13)}
-    noise = [{k: rng.standard_normal(v.shape) for k, v in start.items()} for _ in range(steps)]
-    return start, noise
-
-
-def optax_run(transformation, steps=30):
-    start, noise = quadratic_steps(steps)
-    params = jax.tree_util.tree_map(jnp.asarray, start)
-    state = transformation.init(params)
-    for n in noise:
-        grads = jax.tree_util.tree_map(lambda p, e: p + jnp.asarray(e), params, n)
-        updates, state = transformation.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    return params
-
-
-def ours_run(cls, steps=30, **options):
-    start, noise = quadratic_steps(steps)
-    optimizer = train_mode(cls(jax.tree_util.tree_map(jnp.asarray, start), **options))
-    for n in noise:
-        optimizer.step(jax.tree_util.tree_map(lambda p, e: p + jnp.asarray(e), optimizer.params, n))
-    return optimizer.params
-
-
-def tree_error(a, b) -> float:
-    return max(
-        float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    testing.assert_agree(
+        jax_side(getattr(optimizers, name), problem, options),
+        torch_side(REFERENCES[name], problem, options),
+        problem=problem,
+        dtype=dtype,
+        # float32: the contract's agreement across frameworks (tests/test_properties.py)
+        rtol=JAX_TOLERANCE[name] if dtype == "float64" else 1e-5,
     )
 
 
+def ours_on_jax(cls, **options):
+    return testing.jax(lambda leaves: cls(leaves, **options))
+
+
+def ours_on_torch(cls, **options):
+    return testing.torch(lambda tensors: cls(tensors, **options))
+
+
+def error(a, b, steps=30) -> float:
+    """The kit's largest error between two contenders over 30 steps of its default problem."""
+    return testing.compare(a, b, steps=steps).max_error
+
+
 def test_lion_is_optax_lion():
-    assert tree_error(ours_run(optimizers.Lion, lr=1e-2), optax_run(optax.lion(1e-2, weight_decay=0.0))) == 0
-    decayed = tree_error(
-        ours_run(optimizers.Lion, lr=1e-2, weight_decay=0.1), optax_run(optax.lion(1e-2, weight_decay=0.1))
+    assert error(ours_on_jax(optimizers.Lion, lr=1e-2), testing.optax(optax.lion(1e-2, weight_decay=0.0))) == 0
+    decayed = error(
+        ours_on_jax(optimizers.Lion, lr=1e-2, weight_decay=0.1), testing.optax(optax.lion(1e-2, weight_decay=0.1))
     )
     assert decayed <= 1e-13  # p(1 - lr wd) - lr sign against p - lr (sign + wd p)
 
@@ -243,12 +217,11 @@ def apple_schedules(alpha, beta1, beta3, warmup):
 def test_ademamix_is_optax_ademamix_and_its_warmups_run_a_step_behind():
     options = dict(lr=1e-2, alpha=5.0, weight_decay=0.1)
     same = optax.contrib.ademamix(1e-2, b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, weight_decay=0.1)
-    assert tree_error(ours_run(optimizers.AdEMAMix, **options), optax_run(same)) <= 1e-14
-    warm = dict(options, alpha_warmup=20, beta3_warmup=20)
+    assert error(ours_on_jax(optimizers.AdEMAMix, **options), testing.optax(same)) <= 1e-14
+    ours = ours_on_jax(optimizers.AdEMAMix, **options, alpha_warmup=20, beta3_warmup=20)
     alpha_at, beta3_at = apple_schedules(5.0, 0.9, 0.9999, 20)
     shifted = optax.contrib.ademamix(1e-2, b1=0.9, b2=0.999, b3=beta3_at, alpha=alpha_at, weight_decay=0.1)
-    ours = ours_run(optimizers.AdEMAMix, **warm)
-    assert tree_error(ours, optax_run(shifted)) <= 1e-14
+    assert error(ours, testing.optax(shifted)) <= 1e-14
     # optax's own count (0-based, in float32) for the same warmups: a step behind.
     unshifted = optax.contrib.ademamix(
         1e-2,
@@ -258,25 +231,13 @@ def test_ademamix_is_optax_ademamix_and_its_warmups_run_a_step_behind():
         alpha=lambda count: alpha_at(count - 1),
         weight_decay=0.1,
     )
-    assert tree_error(ours, optax_run(unshifted)) > 1e-3
+    assert error(ours, testing.optax(unshifted)) > 1e-3
 
 
 def test_adan_differs_from_optax_adan_by_its_beta2_coefficient():
-    ours = ours_run(optimizers.Adan, lr=1e-2, no_prox=True)
-    theirs = optax_run(optax.adan(1e-2, eps_root=0.0))
+    ours = ours_on_jax(optimizers.Adan, lr=1e-2, no_prox=True)
     # optax uses 1 - b2 where the official code uses b2 (optax PR #1715): a different algorithm.
-    assert tree_error(ours, theirs) > 1e-3
-
-
-def torch_quadratic(cls, steps=30, **options):
-    start, noise = quadratic_steps(steps)
-    params = [torch.tensor(v, requires_grad=True) for v in start.values()]
-    optimizer = train_mode(cls(params, **options))
-    for n in noise:
-        for param, e in zip(params, n.values()):
-            param.grad = param.detach() + torch.tensor(e)
-        optimizer.step()
-    return [p.detach().numpy() for p in params]
+    assert error(ours, testing.optax(optax.adan(1e-2, eps_root=0.0))) > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -288,15 +249,17 @@ def torch_quadratic(cls, steps=30, **options):
         ("AdEMAMix", dict(lr=1e-2, alpha=5.0, alpha_warmup=20, beta3_warmup=20), dict(t_alpha_beta3=20), 1e-4),
         ("Adan", dict(lr=1e-2, weight_decay=0.02), dict(), 1e-13),
         # The clip factor rounded another way (a float32 tensor): float32-sized differences.
-        ("Adan", dict(lr=1e-2, max_grad_norm=5.0), dict(), 1e-5),
+        # (The problem's gradient norm starts near 5.1: a clip at 1 acts on every step.)
+        ("Adan", dict(lr=1e-2, max_grad_norm=1.0), dict(), 1e-5),
     ],
 )
 def test_pytorch_optimizer_computes_the_same_to_rounding(name, options, theirs, tolerance):
-    ours = torch_quadratic(getattr(optimizers, name), **options)
     other = {k: v for k, v in options.items() if k not in ("alpha_warmup", "beta3_warmup")}
-    reference = torch_quadratic(getattr(pytorch_optimizer, name), **other, **theirs)
-    error = relative_error(ours, reference)
-    assert 0 < error <= tolerance
+    measured = error(
+        ours_on_torch(getattr(optimizers, name), **options),
+        ours_on_torch(getattr(pytorch_optimizer, name), **other, **theirs),
+    )
+    assert 0 < measured <= tolerance
 
 
 CHECKPOINT_OPTIONS = {
@@ -317,7 +280,9 @@ def test_a_reference_checkpoint_continues_identically_in_ours_and_back(name):
 
     def run(classes):
         param = torch.tensor(start, requires_grad=True)
-        optimizer = train_mode(classes[0]([param], **options))
+        optimizer = classes[0]([param], **options)
+        if hasattr(optimizer, "train"):  # Schedule-Free starts in eval mode, as its reference
+            optimizer.train()
         for index, grad in enumerate(grads):
             if index == 6:  # switch implementations through a state dict
                 saved = optimizer.state_dict()
@@ -333,19 +298,38 @@ def test_a_reference_checkpoint_continues_identically_in_ours_and_back(name):
     assert torch.equal(run([ours, reference]), uninterrupted)
 
 
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_a_copy_steps_on_as_the_uninterrupted_reference(name, copier):
+    """State is made outside autograd's graph, as the references make it: Schedule-Free's z, a
+    clone of the parameter, once kept the graph, and deep copies of the optimizer failed.
+    (lion-pytorch's own copies cannot step: it keeps options in attributes that torch.optim's
+    __getstate__ leaves out.)"""
+    problem = testing.quadratic()
+
+    def run(cls, copier=None):
+        run = testing.torch(lambda ps: cls(ps, lr=1e-2)).start(problem.params)
+        for step in range(6):
+            if step == 3 and copier:
+                state = [v for s in run.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+                assert not any(v.requires_grad for v in state)
+                together = (run.tensors, run.optimizer)
+                copied = copy.deepcopy(together) if copier == "deepcopy" else pickle.loads(pickle.dumps(together))
+                run.tensors, run.optimizer = copied
+            run.step(problem, step)
+        return run.current()
+
+    for a, b in zip(run(getattr(optimizers, name), copier), run(REFERENCES[name])):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_the_class_form_and_fused_steps(name):
-    options = dict(lr=1e-2)
-    start, noise = quadratic_steps(8)
-    init, update, _ = getattr(optimizers, name).functional(**options)
-    params = jax.tree_util.tree_map(jnp.asarray, start)
-    state = init(params)
-    for n in noise:
-        params, state = update(jax.tree_util.tree_map(lambda p, e: p + jnp.asarray(e), params, n), state, params)
-    assert tree_error(params, ours_run(getattr(optimizers, name), steps=8, **options)) <= 1e-15
-    planned = torch_quadratic(getattr(optimizers, name), steps=8, **options)
-    fused = torch_quadratic(getattr(optimizers, name), steps=8, fused=True, **options)
-    assert relative_error(fused, planned) <= 1e-13  # Inductor's loop rounds as its own C++ does
+    cls, options = getattr(optimizers, name), dict(lr=1e-2)
+    class_form = Functional(lambda leaves: cls.functional(**options))
+    assert error(class_form, ours_on_jax(cls, **options), steps=8) <= 1e-15
+    # Inductor's loop rounds as its own C++ does
+    assert error(ours_on_torch(cls, fused=True, **options), ours_on_torch(cls, **options), steps=8) <= 1e-13
 
 
 @pytest.mark.parametrize(
@@ -369,11 +353,11 @@ def test_schedule_free_is_optax_without_warmup_and_a_step_ahead_with_it(name):
     adam = name == "ScheduleFreeAdamW"
     lr = 0.05 if adam else 0.1
     transformation = optax.contrib.schedule_free_adamw if adam else optax.contrib.schedule_free_sgd
-    ours = ours_run(getattr(optimizers, name), lr=lr, weight_decay=0.1)
-    assert tree_error(ours, optax_run(transformation(lr, weight_decay=0.1))) <= 1e-13
+    ours = ours_on_jax(getattr(optimizers, name), lr=lr, weight_decay=0.1)
+    assert error(ours, testing.optax(transformation(lr, weight_decay=0.1))) <= 1e-13
     # optax counts its inner warmup from 0, the reference from 1: optax's first step does not move.
-    warm = ours_run(getattr(optimizers, name), lr=lr, warmup_steps=5, weight_decay=0.1)
-    assert tree_error(warm, optax_run(transformation(lr, warmup_steps=5, weight_decay=0.1))) > 1e-3
+    warm = ours_on_jax(getattr(optimizers, name), lr=lr, warmup_steps=5, weight_decay=0.1)
+    assert error(warm, testing.optax(transformation(lr, warmup_steps=5, weight_decay=0.1))) > 1e-3
 
 
 def test_schedule_free_steps_only_in_train_mode_and_eval_params_give_x():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from optimizers import testing
 from tests import harness
-from tests.harness import relative_error
+from tests.harness import REPORT, relative_error
 from tests.registry import REGISTRY
 
 # The tests give each parameter a dense gradient and step without a closure.
@@ -23,36 +24,28 @@ CASES = [
 
 @pytest.mark.parametrize("entry, weight_decay", CASES, ids=[f"{entry.name}-{decay}" for entry, decay in CASES])
 def test_complex_parameters_step_as_in_torch_optim(entry, weight_decay):
-    generator = torch.Generator().manual_seed(0)
-    start = torch.randn(2, 3, dtype=torch.complex128, generator=generator)
-    grads = [torch.randn(2, 3, dtype=torch.complex128, generator=generator) for _ in range(8)]
+    rng = np.random.default_rng(0)
+
+    def normal():
+        return rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))
+
+    problem = testing.given_gradients([normal()], [[normal()] for _ in range(8)])
     kwargs = dict(entry.options, **({"weight_decay": weight_decay} if entry.weight_decay else {}))
-
-    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
-    ours_opt = entry.ours([ours], **kwargs)
-    theirs_opt = entry.reference([theirs], **kwargs)
-    jax_opt = entry.ours(jnp.asarray(start.numpy()), **kwargs)
-    for grad in grads:
-        ours.grad, theirs.grad = grad.clone(), grad.clone()
-        ours_opt.step()
-        theirs_opt.step()
-        jax_opt.step(jnp.asarray(grad.numpy()))
-
+    ours, theirs, on_jax = (harness.Run(entry, backend, problem, kwargs) for backend in ("torch", "torch.optim", "jax"))
+    expected = theirs.trajectory()
     exact = weight_decay == 0.0 or not entry.decay_before_real_view
-    expected = theirs.detach().numpy()
-    assert ours.dtype == torch.complex128 and np.asarray(jax_opt.params).dtype == np.complex128
-    if exact:
-        assert np.array_equal(ours.detach().numpy(), expected)
-    else:
-        assert relative_error(ours.detach().numpy(), expected) <= 1e-14
-    assert relative_error(np.asarray(jax_opt.params), expected) <= 1e-12
-    for key, value in theirs_opt.state[theirs].items():
-        mine = ours_opt.state[ours][key]
-        assert mine.dtype == value.dtype and mine.shape == value.shape
+    REPORT.compare(
+        entry.name, "complex torch vs torch.optim", "complex128", ours.trajectory(), expected, 0 if exact else 1e-14
+    )
+    REPORT.compare(entry.name, "complex jax vs torch.optim", "complex128", on_jax.trajectory(), expected, 1e-12)
+    mine, reference = ours.state()[0], theirs.state()[0]
+    assert mine.keys() == reference.keys()
+    for key, value in reference.items():
+        assert mine[key].dtype == value.dtype and mine[key].shape == value.shape
         if exact:
-            assert torch.equal(mine, value), key
+            np.testing.assert_array_equal(mine[key], value, err_msg=key)
         else:
-            assert relative_error(mine.numpy(), value.numpy()) <= 1e-14, key
+            assert relative_error(mine[key], value) <= 1e-14, key
 
 
 @pytest.mark.parametrize("entry", [entry for entry in ENTRIES if not entry.complex], ids=repr)

@@ -42,7 +42,7 @@ def test_fused_agrees_with_the_reference_path_and_torch_optims_fused(entry, dtyp
     threshold = data.draw(st.sampled_from(THRESHOLDS), label="LARGE")
     with mock.patch.object(torch_fused, "LARGE", threshold):
         run = Run(entry, "torch fused", problem, kwargs, lr_array)
-        fused = run.trajectory(problem.grads)
+        fused = run.trajectory()
     precision = "float32" if lr_array else dtype  # the steps are float32 numbers then
     for reference in ("torch", "torch.optim fused"):
         expected = Run(entry, reference, problem, kwargs, lr_array)
@@ -51,7 +51,7 @@ def test_fused_agrees_with_the_reference_path_and_torch_optims_fused(entry, dtyp
             f"torch fused vs {reference}",
             dtype,
             fused,
-            expected.trajectory(problem.grads),
+            expected.trajectory(),
             ACROSS_FRAMEWORKS[precision],
         )
         if reference == "torch":

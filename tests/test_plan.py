@@ -146,7 +146,7 @@ def test_planned_step_is_torch_optim_bit_for_bit(entry, dtype, foreach, data):
         return
     for side in sides:
         side[3] = build(side[0], side[1], present, side[2])
-    for step, row in enumerate(problem.grads):
+    for step, row in enumerate(problem.rows):
         for side in sides:
             cls, tensors, options, optimizer = side
             if step == moments["add_group"]:

@@ -9,6 +9,7 @@ across implementations the tolerances are those of the design contract.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from optimizers import testing
 from tests.harness import REPORT, Run, relative_error, trajectory
 from tests.registry import REGISTRY
 from tests.strategies import problems
@@ -159,12 +161,11 @@ def test_checkpoint_mid_trajectory_changes_nothing(entry, source, target, data):
 def resume(entry, source, target, problem, kwargs, split):
     """The trajectory of ``split`` steps on ``source``, a checkpoint, and the rest on ``target``."""
     first = Run(entry, source, problem, kwargs)
-    before = first.trajectory(problem.grads[:split])
-    rest = type(problem)([v.copy() for v in first.values()], problem.grads[split:], problem.groups)
-    second = Run(entry, target, rest, kwargs)
+    before = first.trajectory(split)
+    second = Run(entry, target, problem.after(split, first.values()), kwargs)
     second.optimizer.load_state_dict(first.checkpoint())
     assert second.state().keys() == first.state().keys()
-    return before + second.trajectory(rest.grads)
+    return before + second.trajectory()
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
@@ -175,7 +176,7 @@ def test_splitting_into_groups_with_equal_hyperparameters_changes_nothing(entry,
     problem, kwargs = draw_case(data, entry, data.draw(st.sampled_from(DTYPES), label="dtype"))
     assume(len(problem.groups) > 1)
     grouped = trajectory(entry, backend, problem, kwargs)
-    single = trajectory(entry, backend, problem.regrouped([list(range(len(problem.params)))]), kwargs)
+    single = trajectory(entry, backend, replace(problem, groups=[list(range(len(problem.params)))]), kwargs)
     REPORT.compare(entry.name, f"groups ({backend})", "mixed", grouped, single, 0.0)
 
 
@@ -185,11 +186,11 @@ def test_splitting_into_groups_with_equal_hyperparameters_changes_nothing(entry,
 @given(data=st.data())
 def test_a_parameter_without_gradient_keeps_its_value_and_state(entry, backend, data):
     problem, kwargs = draw_case(data, entry, data.draw(st.sampled_from(DTYPES), label="dtype"))
-    assume(any(g is None for row in problem.grads for g in row))
+    assume(any(g is None for row in problem.rows for g in row))
     run = Run(entry, backend, problem, kwargs)
-    for row in problem.grads:
+    for row in problem.rows:
         values, state = run.values(), run.state()
-        run.step(row)
+        run.step()
         new_values, new_state = run.values(), run.state()
         for leaf, grad in enumerate(row):
             if grad is None:
@@ -258,7 +259,7 @@ def test_every_option_is_generated(entry):
 
 def poison(data, problem):
     """The problem with a NaN or inf put into some steps' gradients, and the indices of those steps."""
-    grads, poisoned = [list(row) for row in problem.grads], set()
+    grads, poisoned = problem.rows, set()
     for step in sorted(data.draw(st.sets(st.integers(0, problem.steps - 1), min_size=1), label="poisoned steps")):
         leaves = [i for i, g in enumerate(grads[step]) if g is not None and g.size]
         if not leaves:
@@ -270,7 +271,7 @@ def poison(data, problem):
         )
         grads[step][leaf] = bad
         poisoned.add(step)
-    return type(problem)(problem.params, grads, problem.groups), poisoned
+    return testing.given_gradients(problem.params, grads, problem.groups), poisoned
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
@@ -284,13 +285,14 @@ def test_skipped_nonfinite_steps_change_nothing(entry, backend, data):
     poisoned_problem, poisoned = poison(data, problem)
     assume(poisoned)
     skipping = Run(entry, backend, poisoned_problem, {**kwargs, "skip_nonfinite": True})
-    got = skipping.trajectory(poisoned_problem.grads)
-    kept = type(problem)(problem.params, [g for i, g in enumerate(problem.grads) if i not in poisoned], problem.groups)
+    got = skipping.trajectory()
+    rows = problem.rows
+    kept = testing.given_gradients(problem.params, [g for i, g in enumerate(rows) if i not in poisoned], problem.groups)
     reference = Run(entry, backend, kept, kwargs)
     expected, values = [], [np.asarray(p) for p in problem.params]
-    for step, row in enumerate(problem.grads):
+    for step in range(len(rows)):
         if step not in poisoned:
-            reference.step(row)
+            reference.step()
             values = reference.values()
         expected.append(values)
     REPORT.compare(entry.name, f"skip non-finite ({backend})", "mixed", got, expected, 0.0)

@@ -166,7 +166,7 @@ def test_float32_state_for_low_precision_parameters_is_a_float32_run_rounded_eac
         [{"params": [ours[i] for i in g]} for g in problem.groups], state_dtype=torch.float32, **kwargs
     )
     reference_opt = entry.reference([{"params": [reference[i] for i in g]} for g in problem.groups], **kwargs)
-    for row in problem.grads:
+    for row in problem.rows:
         for mine, theirs, grad in zip(ours, reference, row):
             mine.grad = None if grad is None else rounded(grad)
             theirs.grad = None if grad is None else rounded(grad).float()

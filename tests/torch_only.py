@@ -52,9 +52,17 @@ def main() -> int:
                 raise AssertionError(f"{name} differs from torch.optim.{name}")
         elif not all(bool(torch.isfinite(p).all()) for p in ours):  # beyond torch.optim: tested on its own
             raise AssertionError(f"{name} trained to non-finite values")
+    # The test kit compares torch optimizers without JAX (or Hypothesis) installed.
+    from optimizers import testing
+
+    testing.assert_agree(
+        testing.torch(lambda ps: optimizers.Adam(ps, lr=1e-2)),
+        testing.torch(lambda ps: torch.optim.Adam(ps, lr=1e-2)),
+        rtol=0,
+    )
     if sys.modules.get("jax") is not None:
         raise AssertionError("the torch side imported JAX")
-    print(f"{len(names)} algorithms trained as torch.optim without JAX")
+    print(f"{len(names)} algorithms trained as torch.optim without JAX; optimizers.testing ran")
     return len(names)
 
 
