@@ -212,7 +212,7 @@ class JaxRun(Run):
             check_eval_mode(self.name, self.optimizer)
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()
-        self.with_closure = closure_required(type(self.optimizer).step)
+        self.with_closure = closure_required(self.optimizer.step)
 
     def step(self, problem: Problem, step: int) -> None:
         import jax

@@ -106,35 +106,36 @@ class Problem:
 
     def negated(self) -> Problem:
         """The problem of the negated loss: what ``maximize=True`` must make of it."""
-        gradient = self.gradient
-        loss = self.loss
+        gradient, loss = self.gradient, self.loss
+        negated: Gradient
+        if isinstance(gradient, GivenGradients):
+            negated = GivenGradients(tuple(tuple(None if g is None else -g for g in row) for row in gradient.rows))
+        else:
+            negated = lambda step, values: [None if g is None else -np.asarray(g) for g in gradient(step, values)]  # noqa: E731
         return replace(
             self,
-            gradient=lambda step, values: [None if g is None else -np.asarray(g) for g in gradient(step, values)],
+            gradient=negated,
             loss=None if loss is None else lambda step, values: -loss(step, values),
             name=f"{self.name}, negated",
         )
 
-    def first(self, steps: int) -> Problem:
-        """The problem's first ``steps`` steps."""
-        self._check_steps(steps)
-        return replace(self, steps=steps)
-
     def after(self, steps: int, values: Values) -> Problem:
         """The rest of the problem after ``steps`` steps, from ``values`` (to continue a run)."""
-        self._check_steps(steps)
+        if steps < 0 or (self.steps is not None and steps > self.steps):
+            raise ValueError(f"{self.name} defines {self.steps} steps, not {steps}")
         gradient, loss = self.gradient, self.loss
+        rest: Gradient
+        if isinstance(gradient, GivenGradients):
+            rest = GivenGradients(gradient.rows[steps:])
+        else:
+            rest = lambda step, now: gradient(step + steps, now)  # noqa: E731
         return replace(
             self,
             params=tuple(values),
-            gradient=lambda step, now: gradient(step + steps, now),
+            gradient=rest,
             loss=None if loss is None else lambda step, now: loss(step + steps, now),
             steps=None if self.steps is None else self.steps - steps,
         )
-
-    def _check_steps(self, steps: int) -> None:
-        if steps < 0 or (self.steps is not None and steps > self.steps):
-            raise ValueError(f"{self.name} defines {self.steps} steps, not {steps}")
 
 
 @dataclass(frozen=True)
