@@ -59,11 +59,16 @@ def test_a_jax_feature_without_jax_names_the_extra_to_install():
         print(message(lambda: optimizers.AdamW.functional(lr=0.1)))
         print(message(lambda: optimizers.Adam([torch.zeros(3)]).functional()))
         print(message(lambda: optimizers.as_optax(optimizers.AdamW, lr=0.1)))
+        from optimizers import testing
+        print(message(lambda: testing.jax(lambda leaves: None)))
+        print(message(lambda: testing.optax(None)))
         """
     )
     lines = run(code).splitlines()
     assert lines[:3] == ["The JAX backend needs jax, which is not installed: pip install 'optimizers[jax]'"] * 3
     assert lines[3] == "as_optax needs optax, which is not installed: pip install 'optimizers[optax]'"
+    assert lines[4] == "testing.jax needs jax, which is not installed: pip install 'optimizers[jax]'"
+    assert lines[5] == "testing.optax needs optax, which is not installed: pip install 'optimizers[optax]'"
 
 
 def test_one_version():

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+import backends
 from optimizers.testing.problems import Loss, Problem
 
 
@@ -264,6 +265,7 @@ def jax(factory: Callable[[list], Any], *, eval_params: bool = False, name: str 
     The factory may put the arrays into param groups, keeping their order.  ``eval_params``
     as for :func:`torch`.
     """
+    backends.require("jax", extra="jax", feature="testing.jax")
     return JaxContender(factory, eval_params=eval_params, name=name)
 
 
@@ -326,4 +328,5 @@ def optax(
         jit: compile ``update`` as training code does (XLA may then fuse multiply-adds).
         name: what reports call it.
     """
+    backends.require("optax", extra="optax", feature="testing.optax")
     return OptaxContender(transformation, eval_params=eval_params, jit=jit, name=name)
