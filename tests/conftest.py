@@ -29,22 +29,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
-    """Free the compiled XLA programs once the process holds many.
+    """Free the XLA programs a test compiled.
 
     Generated examples compile thousands of distinct programs; each keeps a few
     memory mappings, and a process past the kernel's vm.max_map_count (65530)
-    crashes inside XLA's compiler.  Clearing after every test instead recompiled
-    the programs tests share (measured: 14% of the property suite's time).
+    crashes inside XLA's compiler.
     """
     yield
-    with open("/proc/self/maps") as maps:
-        if sum(1 for _ in maps) > MAPPINGS_BEFORE_CLEARING:
-            jax.clear_caches()
-
-
-# A third of vm.max_map_count: one test's programs (which each test's clearing kept below the
-# limit before) fit in the rest.
-MAPPINGS_BEFORE_CLEARING = 20000
+    jax.clear_caches()
 
 
 def pytest_sessionfinish(session):
