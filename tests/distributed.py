@@ -42,13 +42,20 @@ def train(network: torch.nn.Module, optimizer, data, rank: int | None = None) ->
         optimizer.step()
 
 
-def _join(rank: int, port: int) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
+def _join(rank: int, out: str) -> None:
+    # A file rendezvous: a TCP one on a port probed free beforehand can lose the port to another
+    # process before the group binds it (a CI run hung there once, with the other test worker busy).
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{os.path.join(out, 'rendezvous')}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=60),
+    )
 
 
-def ddp_worker(rank: int, port: int, out: str) -> None:
-    _join(rank, port)
+def ddp_worker(rank: int, out: str) -> None:
+    _join(rank, out)
     try:
         result = {}
         for name, cls in (("optimizers", optimizers.Adam), ("torch.optim", torch.optim.Adam)):
@@ -60,8 +67,8 @@ def ddp_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def zero_worker(rank: int, port: int, out: str) -> None:
-    _join(rank, port)
+def zero_worker(rank: int, out: str) -> None:
+    _join(rank, out)
     try:
         result, data = {}, batches()
         for name, cls in (("optimizers", optimizers.Adam), ("torch.optim", torch.optim.Adam)):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import inspect
 import pickle
-import socket
 import time
 import warnings
 
@@ -215,16 +214,10 @@ def test_state_dict_hooks_run_and_rewrite_as_in_torch_optim(entry):
     assert ours == reference == (["state_dict pre", "state_dict post", "load pre", "load post"], 0.125, 0.25)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_workers(worker, out, timeout=180.0) -> None:
     """Start WORLD_SIZE spawned processes; kill them all if they outlive ``timeout``."""
     context = torch.multiprocessing.start_processes(
-        worker, args=(free_port(), str(out)), nprocs=distributed.WORLD_SIZE, join=False, start_method="spawn"
+        worker, args=(str(out),), nprocs=distributed.WORLD_SIZE, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + timeout
     try:
