@@ -41,11 +41,22 @@ class Rule(NamedTuple):
     initial_counters: tuple[Any, ...]  # their values before the first step (see counter_array)
     real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
     state_dtype: str | None = None  # "float32": narrower real parameters step and keep state in it
-    # gradient_scalars(ops, grads, h) -> dict of numbers from every gradient of the step, or None
-    gradient_scalars: Callable | None = None
+    # step_scalars(ops, math, groups: list[GroupStep]) -> dict of numbers from every group's
+    # parameters, gradients and state, before any parameter moves; or None
+    step_scalars: Callable | None = None
     group_counters: tuple[str, ...] = ()  # numbers kept per param group, advanced once per step
-    # advance_group(math, numbers) -> the group counters after this step
+    # advance_group(math, numbers) -> the group counters after this step (numbers include step_scalars')
     advance_group: Callable[..., dict] = lambda math, numbers: {}
+
+
+class GroupStep(NamedTuple):
+    """What :attr:`Rule.step_scalars` sees of one param group: its ``h`` and, for each parameter
+    that steps, its value, gradient and state (empty lists for a group without gradients)."""
+
+    h: Any
+    params: list
+    grads: list
+    states: list
 
 
 class HostMath:

@@ -20,7 +20,7 @@ import numpy as np
 from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 from jax.experimental import sparse
 
-from backends import Rule, Scalars, initial_state, numbers, run_update, widened
+from backends import GroupStep, Rule, Scalars, initial_state, numbers, run_update, widened
 from backends.jax_backend import BACKEND
 from backends.jax_ops import JaxOps, TracedMath
 
@@ -177,17 +177,18 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         grad_leaves = _flatten_like(structure, grads, "gradients")
         states = _flatten_like(structure, state, "state")
         numbers = {**defaults, **_checked_overrides(defaults, hyperparams or {})}
-        if group_counters and states:
-            held = {name: states[0][name] for name in group_counters}
+        held = {name: states[0][name] for name in group_counters} if states else {}
+        states = [{k: v for k, v in s.items() if k not in held} for s in states]
+        stepping = [i for i, grad in enumerate(grad_leaves) if grad is not None]
+        step_grads = [_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]
+        if rule.step_scalars is not None:
+            h = Scalars(_shared(rule, switches[0], {**numbers, **held}))
+            whole = GroupStep(h, [values[i] for i in stepping], step_grads, [states[i] for i in stepping])
+            numbers = {**numbers, **rule.step_scalars(JaxOps, TracedMath, [whole])}
+        if held:
             advanced = rule.advance_group(TracedMath, {**numbers, **held})
             numbers = {**numbers, **advanced}
             counters = {name: jnp.asarray(advanced[name]).astype(held[name].dtype) for name in group_counters}
-            states = [{k: v for k, v in s.items() if k not in counters} for s in states]
-        stepping = [i for i, grad in enumerate(grad_leaves) if grad is not None]
-        step_grads = [_as_dtype(grad_leaves[i], values[i].dtype) for i in stepping]
-        if rule.gradient_scalars is not None and step_grads:
-            h = Scalars(_shared(rule, switches[0], numbers))
-            numbers = {**numbers, **rule.gradient_scalars(JaxOps, step_grads, h)}
         new_values, new_states = _traced_step(
             rule,
             switches,
@@ -199,7 +200,7 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         values, states = list(values), list(states)
         for i, value, leaf_state in zip(stepping, new_values[0], new_states[0]):
             values[i], states[i] = value, leaf_state
-        if group_counters and states:
+        if held:
             states = [{**leaf_state, **counters} for leaf_state in states]
         return jax.tree_util.tree_unflatten(structure, values), jax.tree_util.tree_unflatten(structure, states)
 

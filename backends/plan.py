@@ -171,6 +171,12 @@ class Traced:
     def dtype(self) -> Any:
         return self.meta.dtype
 
+    def __getattr__(self, name: str) -> Any:
+        # An array method beyond the operators below (reshape, view): the rule runs unplanned.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise Untraceable(f"the array method {name} is not an elementwise operation a plan runs")
+
     def _record(self, name: str, *args: Any) -> Traced:
         return self.tracer.record(name, args, {})
 

@@ -9,7 +9,8 @@ compilation per rule, branch setting and dtype serves every parameter.
 How parameters reach it (see :class:`Piece`): a large parameter is stepped in place through
 flat views of itself, its gradient and its state; smaller ones are stepped together as one
 flat bucket, one compiled call and a few multi-tensor copies for all of them instead of a
-call each.
+call each.  A rule that is not elementwise (a per-tensor norm: Lamb's and Lars's trust ratios)
+steps each parameter in place in its own shape.
 
 Results agree with the eager path to rounding, not bit for bit, as torch.optim's fused
 kernels agree with its for-loop: Inductor's ``sqrt`` is correctly rounded where torch's CPU
@@ -31,7 +32,7 @@ import torch
 
 from backends import Rule, Scalars, compute_dtype
 from backends.torch_ops import KernelOps
-from backends.torch_plan import advance, by_counters, host_values, is_number, state_keys
+from backends.torch_plan import advance, by_counters, host_values, is_elementwise, is_number, state_keys
 
 # Elements from which a parameter is stepped through its own call rather than gathered into a
 # bucket: there a call's fixed cost (about 40 us) is below what gathering and scattering it costs.
@@ -52,7 +53,7 @@ def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callabl
     """
     cache_key = (rule.update, switches, names, layout)
     if cache_key not in _kernels:
-        keys, _, _, compute = layout
+        keys, _, _, compute, _ = layout
 
         def step(param, grad, states, numbers):
             # switches as constants, numbers as 0-d tensors
@@ -80,21 +81,25 @@ class Piece:
     """Parameters of one group that one kernel call steps: a large one in place, or a bucket.
 
     A large parameter (``LARGE`` elements or more, contiguous, with contiguous state) is stepped
-    through flat views of itself, its gradient and its state: nothing is copied.  A bucket of smaller
+    through flat views of itself, its gradient and its state: nothing is copied; for a rule
+    that is not elementwise, every parameter is stepped in place as it is shaped.  A bucket of smaller
     ones keeps their state in flat buffers (the tensors in ``optimizer.state`` are re-pointed
     into them with ``set_`` and keep their identity); each step it gathers gradients and values
     into flat buffers it keeps, so a step allocates nothing, and copies the new values back.
     """
 
-    def __init__(self, params: list, state: dict, keys: tuple, compute: torch.dtype | None, in_place: bool) -> None:
-        self.params, self.keys, self.in_place = params, keys, in_place
+    def __init__(
+        self, params: list, state: dict, keys: tuple, compute: torch.dtype | None, in_place: bool, shaped: bool
+    ) -> None:
+        self.params, self.keys, self.in_place, self.shaped = params, keys, in_place, shaped
         self.helds: list[Any] = [state.get(p) for p in params]
         first = params[0]
-        # What a kernel is compiled for: the state entries and the dtypes it reads and computes in.
-        self.layout = (keys, first.dtype, first.grad.dtype, compute)
+        # What a kernel is compiled for: the state entries, the dtypes it reads and computes in, and
+        # the rank of a shaped parameter (a compiled variant each).
+        self.layout = (keys, first.dtype, first.grad.dtype, compute, first.dim() if shaped else None)
         if in_place:
-            self.value = first.detach().view(-1)
-            self.states = tuple(self.helds[0][key].view(-1) for key in keys)
+            self.value = first.detach() if shaped else first.detach().view(-1)
+            self.states = tuple(self.helds[0][key] if shaped else self.helds[0][key].view(-1) for key in keys)
         else:
             size = sum(p.numel() for p in params)
             self.value = torch.empty(size, dtype=first.dtype, device=first.device)
@@ -125,7 +130,7 @@ class Piece:
         (flat), or None when the kernel cannot be compiled here and nothing was written."""
         if self.in_place:
             grad = self.params[0].grad
-            return _run(kernel, self.value, grad.reshape(-1), self.states, numbers)
+            return _run(kernel, self.value, grad if self.shaped else grad.reshape(-1), self.states, numbers)
         torch._foreach_copy_(self.grads, [p.grad for p in self.params])
         torch._foreach_copy_(self.values, self.params)
         created = _run(kernel, self.value, self.grad, self.states, numbers)
@@ -170,7 +175,11 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
         # A 0-d tensor lr enters as its value, as ATen reads a Scalar.
         numbers = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
         stepped = []
-        for piece in _plan(backend, rule, members, state, memory):
+        compute = compute_dtype(backend, rule, members[0])
+        elementwise = is_elementwise(
+            rule, members[0], state.get(members[0], {}), values, getattr(torch, compute) if compute else None
+        )
+        for piece in _plan(backend, rule, members, state, memory, elementwise):
             created = piece.step(_kernel(rule, switches, names, piece.layout), numbers)
             if created is None:
                 left += piece.params
@@ -183,19 +192,20 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     return left
 
 
-def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) -> list[Piece]:
+def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict, elementwise: bool) -> list[Piece]:
     """The pieces ``members`` step in: kept from the last step while they still hold."""
-    key = tuple(map(id, members))
+    ids = tuple(map(id, members))
+    key = (ids, elementwise)
     plan = memory.get(key)
     if plan is not None and all(piece.holds(state) for piece in plan):
         return plan
-    for other in [k for k in memory if not set(k).isdisjoint(key)]:
+    for other in [k for k in memory if not set(k[0]).isdisjoint(ids)]:
         del memory[other]  # their state is about to move into the new plan's buffers
     layouts: dict[tuple, list] = {}
     for param in members:
         held: Any = state.get(param)
         keys = state_keys(rule, held)
-        if _is_large(param, held, keys):
+        if not elementwise or _is_large(param, held, keys):
             layout: tuple = (True, keys, id(param))
         else:
             layout = (False, keys, param.dtype, param.grad.dtype, param.device, *(held[k].dtype for k in keys))
@@ -203,7 +213,7 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict) ->
     plan = memory[key] = []
     for (in_place, keys, *_), params in layouts.items():
         compute = compute_dtype(backend, rule, params[0])
-        plan.append(Piece(params, state, keys, getattr(torch, compute) if compute else None, in_place))
+        plan.append(Piece(params, state, keys, getattr(torch, compute) if compute else None, in_place, not elementwise))
     return plan
 
 

@@ -272,6 +272,23 @@ def compiled_plan(
     return entry
 
 
+def is_elementwise(rule: Rule, param: Any, held: dict, values: dict, compute: torch.dtype | None) -> bool:
+    """Whether the rule, under these values of ``h``, is elementwise over ``param`` stepped in
+    ``compute`` (None: its own dtype), i.e. it traces into a plan: then any flat view of its
+    arrays, or a bucket of several, steps the same."""
+    layout = Bucket.layout_of(rule, param, held)
+    if compute is not None:
+        layout = (layout[0], compute, compute, *layout[3:])
+
+    def metas() -> dict[str, torch.Tensor]:
+        found = _metas_of(param, held, layout)
+        if compute is not None:
+            found[PARAM], found[GRAD] = found[PARAM].to(compute), found[GRAD].to(compute)
+        return found
+
+    return compiled_plan(rule, "each", metas, layout, values) is not None
+
+
 def _is_switch(value: Any) -> bool:
     return is_switch(value) or isinstance(value, np.bool_)
 

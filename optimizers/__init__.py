@@ -12,11 +12,14 @@ from .adagrad import Adadelta, Adagrad, RMSprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .adan import Adan
 from .ademamix import AdEMAMix
+from .lamb import Lamb
+from .lars import Lars
 from .lbfgs import LBFGS
 from .lion import Lion
 from .muon import Muon
 from .optax_adapter import as_optax
 from .optimizer import Optimizer, required
+from .prodigy import Prodigy
 from .rprop import Rprop
 from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import ASGD, SGD
@@ -33,10 +36,13 @@ __all__ = [
     "Adan",
     "AdamW",
     "LBFGS",
+    "Lamb",
+    "Lars",
     "Lion",
     "Muon",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
     "Rprop",

@@ -10,13 +10,14 @@ from .validation import check_array_lr, check_betas, check_fused, check_nonnegat
 __all__ = ["Adan"]
 
 
-def _clip_factor(ops: Any, grads: list, h: Any) -> dict[str, Any]:
+def _clip_factor(ops: Any, math: Any, groups: list) -> dict[str, Any]:
     """The official global clip: ``min(max_grad_norm / (||g|| + eps), 1)`` over every gradient.
 
     As sail-sg/Adan computes it: each gradient's sum of squares in its own dtype, accumulated in
-    float32, the factor a float32 value read back to the host.
+    float32, the factor a float32 value read back to the host.  The options are the last group's.
     """
-    if not h.clips:
+    h, grads = groups[-1].h, [grad for group in groups for grad in group.grads]
+    if not h.clips or not grads:
         return {"clip": 1.0}
     total = None
     for grad in grads:
@@ -62,7 +63,7 @@ class Adan(Optimizer):
     group_counters = {"step": 0}
     sparse_gradients_error = "Adan does not support sparse gradients"
     complex_parameters_error = "Adan does not support complex parameters"
-    gradient_scalars = staticmethod(_clip_factor)
+    step_scalars = staticmethod(_clip_factor)
 
     def __init__(
         self,
@@ -110,7 +111,7 @@ class Adan(Optimizer):
             one_minus_beta3=1 - beta3,
             eps=numbers["eps"],
             max_grad_norm=numbers["max_grad_norm"],
-            # the step's global clip, from gradient_scalars; 1 outside a step
+            # the step's global clip, from step_scalars; 1 outside a step
             clip=numbers.get("clip", 1.0),
             decay_factor=1 - lr * weight_decay,
             proximal_divisor=1 + lr * weight_decay,

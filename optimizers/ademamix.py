@@ -51,6 +51,7 @@ class AdEMAMix(Optimizer):
 
     counters = {"step": 0}
     sparse_gradients_error = "AdEMAMix does not support sparse gradients."
+    unused_state_as_none = ("exp_avg_fast",)
     complex_parameters_error = "AdEMAMix does not support complex parameters"
 
     def __init__(

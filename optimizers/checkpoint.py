@@ -98,6 +98,8 @@ def _check_loaded_state(optimizer: Any, saved_id: Any, entry: Any, param: Any, h
     where = f"loaded state for parameter {saved_id} (shape {tuple(value.shape)})"
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a dict of state entries, but got {type(entry).__name__}")
+    if not entry:  # a reference that touched the parameter's state without stepping it
+        return
     expected = optimizer._initial_state(param, h)
     for key in expected:
         if key not in entry:
@@ -112,7 +114,7 @@ def _check_loaded_state(optimizer: Any, saved_id: Any, entry: Any, param: Any, h
             continue
         if not hasattr(saved, "__dlpack__") or not hasattr(saved, "shape"):
             raise ValueError(f"{where} has {key!r} of type {type(saved).__name__}, not an array")
-        if tuple(saved.shape) != shape:
+        if tuple(saved.shape) != shape and not (key in optimizer.scalar_state_entries and not saved.shape):
             raise ValueError(f"{where} has {key!r} of shape {tuple(saved.shape)}, expected {shape}")
         if not _is_numeric_array(saved):
             raise ValueError(f"{where} has {key!r} of dtype {saved.dtype}, which is not numeric")

@@ -38,6 +38,7 @@ class Lion(Optimizer):
     """
 
     complex_parameters_error = "Lion does not support complex parameters"
+    options_outside_groups = ("decoupled_weight_decay",)
 
     def __init__(
         self,

@@ -195,22 +195,41 @@ class Optimizer(torch.optim.Optimizer):
         """
         return {}, counters
 
+    #: Hyperparameters the reference keeps on the optimizer rather than in its param groups
+    #: (lion-pytorch's ``decoupled_weight_decay``): its checkpoints lack them, and a group loaded
+    #: from one keeps this optimizer's value.
+    options_outside_groups: tuple[str, ...] = ()
+
+    #: State entries the reference writes as None where the rule does not use them (AdEMAMix's
+    #: ``exp_avg_fast`` with beta1 = 0): ``state_dict()`` writes them so, for the reference to
+    #: load, and ``load_state_dict()`` reads None as absent.
+    unused_state_as_none: tuple[str, ...] = ()
+
+    #: State entries a reference may save as a 0-d array that the rule broadcasts (Prodigy's
+    #: ``p0`` of an all-zero parameter): loaded as they are.
+    scalar_state_entries: tuple[str, ...] = ()
+
     #: Scalars kept in each param group, as some references keep them there (Schedule-Free's
-    #: ``k``, ``lr_max``, ``weight_sum``), with their initial values: they join ``defaults`` and
-    #: so ``state_dict()["param_groups"]``.  :meth:`advance_group` advances them once per step,
-    #: for every group, before the coefficients (which read them among the numbers).
+    #: ``k``, Prodigy's ``d``), with their initial values: they join ``defaults`` and so
+    #: ``state_dict()["param_groups"]``.  :meth:`advance_group` advances them once per step, for
+    #: every group, after :attr:`step_scalars` and before the coefficients (which read them
+    #: among the numbers).
     group_counters: dict[str, Any] = {}
 
     @staticmethod
     def advance_group(math: Any, numbers: dict[str, Any]) -> dict[str, Any]:
-        """A group's counters after this step, from its numbers (hyperparameters and counters)."""
+        """A group's counters after this step, from its numbers (hyperparameters, counters and
+        the step's :attr:`step_scalars`)."""
         return {}
 
-    #: ``gradient_scalars(ops, grads, h) -> dict`` or None: numbers the rule reads that depend
-    #: on every gradient of the step (all groups), such as a global gradient-norm clip.  Run once
-    #: per step before any parameter moves, with the last group's ``h`` (on JAX's functional
-    #: form, traced); ``coefficients`` then finds them among the numbers.
-    gradient_scalars: Callable | None = None
+    #: ``step_scalars(ops, math, groups) -> dict`` or None: numbers that depend on the whole
+    #: step -- every group's parameters, gradients and state (:class:`backends.GroupStep`, one per
+    #: param group, with the group's ``h`` before :meth:`advance_group`) -- such as a global
+    #: gradient-norm clip (Adan, Lamb) or Prodigy's estimate of the distance to the solution.
+    #: Run once per step after the state is created and before any parameter moves (on JAX's
+    #: functional form, traced); :meth:`advance_group` and ``coefficients`` then find them among
+    #: the numbers of every group.
+    step_scalars: Callable | None = None
 
     @staticmethod
     def initial_state(ops: Any, param: Any, h: Any) -> dict[str, Any]:
@@ -338,18 +357,16 @@ class Optimizer(torch.optim.Optimizer):
         if self.skip_nonfinite and not self._backend.all_finite([p.grad for _, params in stepping for p in params]):
             self.skipped_steps += 1
             return loss
+        if self._has_initial_state:
+            for group in self.param_groups:
+                self._init_group(group)
+        found = self._step_scalars(self.step_scalars) if self.step_scalars is not None else {}
         if self.group_counters:
             for group in self.param_groups:
                 numbers = backends.numbers(group, self._backend.host_number, self.switches(group))
                 counters = {key: group[key] for key in self.group_counters}  # as stored: k stays an int
-                group.update(self.advance_group(backends.HostMath, {**numbers, **counters}))
-        if self._has_initial_state:
-            for group in self.param_groups:
-                self._init_group(group)
-        if self.gradient_scalars is not None and stepping:
-            grads = [p.grad for _, params in stepping for p in params]
-            found = self.gradient_scalars(self._backend.ops, grads, self._host_scalars(stepping[-1][0]))
-            stepping = [({**group, **found}, params) for group, params in stepping]
+                group.update(self.advance_group(backends.HostMath, {**numbers, **counters, **found}))
+        stepping = [({**group, **found}, params) for group, params in stepping]
         work = [
             (group, params, self._host_scalars(group, foreach=self._backend.foreach(group, params)))
             for group, params in stepping
@@ -357,6 +374,22 @@ class Optimizer(torch.optim.Optimizer):
         if work:
             self._backend.apply(self._rule, work, self.state, self._backend_memory)
         return loss
+
+    def _step_scalars(self, step_scalars: Callable) -> dict[str, Any]:
+        """The step's :attr:`step_scalars`, from every param group (on the host)."""
+        backend = self._backend
+        groups = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            groups.append(
+                backends.GroupStep(
+                    self._host_scalars(group),
+                    [backend.value(p) for p in params],
+                    [p.grad for p in params],
+                    [self.state.get(p, {}) for p in params],
+                )
+            )
+        return step_scalars(backend.ops, backends.HostMath, groups)
 
     @property
     def _has_initial_state(self) -> bool:
@@ -430,7 +463,7 @@ class Optimizer(torch.optim.Optimizer):
             tuple(self.counters.values()),
             self.complex_as_real,
             self.state_dtype,
-            self.gradient_scalars,
+            self.step_scalars,
             tuple(self.group_counters),
             self.advance_group,
         )
@@ -504,7 +537,11 @@ class Optimizer(torch.optim.Optimizer):
             {**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
             for g in self.param_groups
         ]
-        packed_state = {index.get(id(param), param): value for param, value in self.state.items()}
+        unused = dict.fromkeys(self.unused_state_as_none)
+        packed_state = {
+            index.get(id(param), param): {**unused, **value} if unused and value else value
+            for param, value in self.state.items()
+        }
         state_dict = {"state": packed_state, "param_groups": packed_groups}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, state_dict)
@@ -531,6 +568,14 @@ class Optimizer(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        saved_state = state_dict.get("state")
+        if self.unused_state_as_none and isinstance(saved_state, Mapping):
+            state_dict["state"] = {
+                index: {k: v for k, v in entry.items() if v is not None or k not in self.unused_state_as_none}
+                if isinstance(entry, Mapping)
+                else entry
+                for index, entry in saved_state.items()
+            }
         check_loadable(self, state_dict)
         state, saved_groups = loaded(self, state_dict)
         self.__setstate__({"state": state, "param_groups": saved_groups})
@@ -561,14 +606,16 @@ class Optimizer(torch.optim.Optimizer):
         self._backend_memory = {}  # it held the replaced state
         # A flag missing from an older checkpoint means the behaviour from before the
         # flag existed: the class's default for it.  A key the constructor derives (Lion's
-        # lr for a decoupled decay), missing from a reference's checkpoint, takes this
-        # optimizer's value.
+        # lr for a decoupled decay), or one the reference keeps outside its param groups,
+        # missing from a reference's checkpoint, takes this optimizer's value.
         signature = inspect.signature(type(self).__init__).parameters
         for group in self.param_groups:
             for key in self.defaults:
                 if key in group:
                     continue
-                if key in signature and signature[key].default is not inspect.Parameter.empty:
+                if key in self.options_outside_groups:
+                    group[key] = self.defaults[key]
+                elif key in signature and signature[key].default is not inspect.Parameter.empty:
                     group[key] = signature[key].default
                 elif key not in signature:
                     group[key] = self.defaults[key]

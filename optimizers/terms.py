@@ -1,4 +1,4 @@
-"""Terms many update rules share, written once: the gradient's direction and weight decay."""
+"""Terms many update rules share, written once: the gradient's direction, weight decay, trust ratios."""
 
 from __future__ import annotations
 
@@ -34,3 +34,11 @@ def decoupled_decay(param, h):
 def count_step(math, h, counters):
     """For rules that count steps (torch.optim's state has ``step``) without using the count."""
     return {}, {"step": counters["step"] + 1}
+
+
+def trust_ratio(ops, weight_norm, update_norm, ratio):
+    """A layer-wise trust ratio (LARS, LAMB): ``ratio`` where both norms are positive, else 1.
+
+    A zero weight (a fresh bias) or a zero update keeps the plain step, as timm and apex do.
+    """
+    return ops.where(weight_norm > 0, ops.where(update_norm > 0, ratio, 1.0), 1.0)

@@ -115,7 +115,11 @@ class Run:
         state_dict = self.optimizer.state_dict()
         if self.backend == "jax":
             return {
-                "state": {k: {n: np.array(v) for n, v in s.items()} for k, s in state_dict["state"].items()},
+                # None: an entry the reference writes as None (AdEMAMix's unused exp_avg_fast)
+                "state": {
+                    k: {n: None if v is None else np.array(v) for n, v in s.items()}
+                    for k, s in state_dict["state"].items()
+                },
                 "param_groups": [dict(g) for g in state_dict["param_groups"]],
             }
         buffer = io.BytesIO()

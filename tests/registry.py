@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import lion_pytorch
+import prodigyopt
+import schedulefree
 import torch
 from hypothesis import strategies as st
 
 import optimizers
+from tests.references.adan_official import Adan as OfficialAdan
+from tests.references.ademamix_apple import AdEMAMix as AppleAdEMAMix
+from tests.references.timm_optim.lamb import Lamb as TimmLamb
+from tests.references.timm_optim.lars import Lars as TimmLars
 from tests.strategies import MAGNITUDES, SHAPES, small_floats
 
 
@@ -88,6 +95,10 @@ class Entry:
     # sets it (None: the contract's ACROSS_FRAMEWORKS).
     across_frameworks: dict[str, float] | None = None
     optax: tuple[OptaxCounterpart, ...] = ()
+    # The reference beyond torch.optim (None: torch.optim's class of the same name), and the
+    # options of its signature that are never generated (a CUDA kernel switch, a flag we refuse).
+    reference_class: type | None = None
+    fixed_options: tuple[str, ...] = ()
 
     # -- the problems the properties generate ------------------------------------------------------
     tensor_lr: bool = True  # torch.optim accepts a one-element tensor lr
@@ -118,7 +129,7 @@ class Entry:
 
     @property
     def reference(self) -> type:
-        return getattr(torch.optim, self.name)
+        return self.reference_class or getattr(torch.optim, self.name)
 
     def __repr__(self) -> str:
         return self.name
@@ -440,6 +451,217 @@ REGISTRY = {
             weight_decay=False,
             state_dtype=False,
             reference_copies_step=False,
+        ),
+    ]
+}
+
+
+# -- beyond torch.optim: each against the torch reference its issue names --------------------------
+
+
+@st.composite
+def lion_hyperparameters(draw) -> dict:
+    return dict(
+        lr=draw(small_floats(1e-5, 0.1)),
+        betas=(draw(small_floats(0.0, 0.99)), draw(small_floats(0.0, 0.999))),
+        weight_decay=draw(optional(small_floats(0.0, 1.0))),
+        decoupled_weight_decay=draw(st.booleans()),
+    )
+
+
+@st.composite
+def ademamix_hyperparameters(draw) -> dict:
+    return dict(
+        lr=draw(small_floats(0.0, 0.1)),
+        betas=(draw(small_floats(0.0, 0.99)), draw(small_floats(0.0, 0.999)), draw(small_floats(0.0, 0.9999))),
+        alpha=draw(small_floats(0.0, 10.0)),
+        beta3_warmup=draw(st.one_of(st.none(), st.integers(1, 30))),
+        alpha_warmup=draw(st.one_of(st.none(), st.integers(1, 30))),
+        eps=draw(EPS),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+    )
+
+
+@st.composite
+def adan_hyperparameters(draw) -> dict:
+    return dict(
+        lr=draw(small_floats(0.0, 0.1)),
+        betas=tuple(draw(small_floats(0.0, 0.99)) for _ in range(3)),
+        eps=draw(EPS),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+        max_grad_norm=draw(optional(small_floats(0.1, 10.0))),
+        no_prox=draw(st.booleans()),
+    )
+
+
+@st.composite
+def schedule_free_hyperparameters(draw, adam: bool) -> dict:
+    options = dict(
+        lr=draw(small_floats(0.0, 0.5)),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+        warmup_steps=draw(st.one_of(st.just(0), st.integers(1, 10))),
+        r=draw(optional(small_floats(0.0, 1.0))),
+        weight_lr_power=draw(small_floats(0.0, 4.0)),
+    )
+    if adam:
+        betas = (draw(small_floats(0.05, 0.99)), draw(small_floats(0.0, 0.999)))
+        return dict(options, lr=options["lr"] / 10, betas=betas, eps=draw(EPS))
+    return dict(options, momentum=draw(small_floats(0.05, 0.99)))
+
+
+@st.composite
+def lamb_hyperparameters(draw) -> dict:
+    return dict(
+        # positive: a corrected decay divides by the constructor's lr
+        lr=draw(small_floats(1e-4, 0.1)),
+        bias_correction=draw(st.booleans()),
+        betas=(draw(BETA1), draw(BETA2)),
+        eps=draw(EPS),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+        grad_averaging=draw(st.booleans()),
+        max_grad_norm=draw(st.one_of(st.none(), small_floats(0.1, 10.0))),
+        trust_clip=draw(st.booleans()),
+        always_adapt=draw(st.booleans()),
+        caution=draw(st.booleans()),
+        decoupled_decay=draw(st.booleans()),
+        corrected_weight_decay=draw(st.booleans()),
+    )
+
+
+@st.composite
+def lars_hyperparameters(draw) -> dict:
+    momentum = draw(optional(small_floats(0.0, 0.99)))
+    nesterov = momentum > 0 and draw(st.booleans())
+    return dict(
+        # positive: trust_clip divides the ratio by lr
+        lr=draw(small_floats(1e-3, 1.0)),
+        momentum=momentum,
+        dampening=0.0 if nesterov else draw(optional(small_floats(0.0, 1.0))),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+        nesterov=nesterov,
+        trust_coeff=draw(small_floats(1e-4, 0.1)),
+        eps=draw(EPS),
+        trust_clip=draw(st.booleans()),
+        always_adapt=draw(st.booleans()),
+    )
+
+
+@st.composite
+def prodigy_hyperparameters(draw) -> dict:
+    return dict(
+        lr=draw(small_floats(0.1, 2.0)),
+        betas=(draw(optional(BETA1)), draw(BETA2)),
+        beta3=draw(st.one_of(st.none(), small_floats(0.0, 0.999))),
+        eps=draw(EPS),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+        decouple=draw(st.booleans()),
+        use_bias_correction=draw(st.booleans()),
+        safeguard_warmup=draw(st.booleans()),
+        d0=draw(small_floats(1e-8, 1e-3)),
+        d_coef=draw(small_floats(0.1, 2.0)),
+        growth_rate=draw(st.one_of(st.just(float("inf")), small_floats(1.0, 1.5))),
+        slice_p=draw(st.integers(1, 3)),
+    )
+
+
+# Their own files: tests/test_beyond_torch_optim.py (and, for these, REGISTRY's properties through
+# tests/test_properties.py).  Each takes real, dense parameters; none takes a tensor lr in its
+# reference's every path.
+BEYOND_TORCH_OPTIM = {
+    entry.name: entry
+    for entry in [
+        Entry(
+            "Lion",
+            lion_hyperparameters(),
+            dict(lr=1e-2, weight_decay=0.1),
+            complex=False,
+            fused=True,
+            tensor_lr=False,
+            magnitudes=("ordinary", "large"),  # a sign of a momentum: its zeros differ between frameworks
+            reference_class=lion_pytorch.Lion,
+            fixed_options=("use_triton",),
+        ),
+        Entry(
+            "AdEMAMix",
+            ademamix_hyperparameters(),
+            dict(lr=1e-2, alpha_warmup=5, beta3_warmup=5),
+            complex=False,
+            fused=True,
+            tensor_lr=False,
+            reference_class=AppleAdEMAMix,
+        ),
+        Entry(
+            "Adan",
+            adan_hyperparameters(),
+            dict(lr=1e-2, max_grad_norm=1.0, weight_decay=0.02),
+            complex=False,
+            fused=True,
+            elementwise=False,
+            tensor_lr=False,
+            # The clip factor is a float32 sum of squares, summed in each framework's order.
+            across_frameworks={"float64": 1e-6, "float32": 1e-5},
+            reference_class=OfficialAdan,
+        ),
+        Entry(
+            "ScheduleFreeAdamW",
+            schedule_free_hyperparameters(adam=True),
+            dict(lr=1e-2, warmup_steps=3, weight_decay=0.1),
+            complex=False,
+            fused=True,
+            tensor_lr=False,
+            reference_class=schedulefree.AdamWScheduleFree,
+        ),
+        Entry(
+            "ScheduleFreeSGD",
+            schedule_free_hyperparameters(adam=False),
+            dict(lr=0.1, warmup_steps=3, r=0.5),
+            fused=True,
+            tensor_lr=False,
+            reference_class=schedulefree.SGDScheduleFree,
+        ),
+        Entry(
+            "Lamb",
+            lamb_hyperparameters(),
+            dict(lr=1e-2, weight_decay=0.02, caution=True),
+            complex=False,
+            fused=True,
+            elementwise=False,
+            tensor_lr=False,
+            # caution keeps u where u * g > 0: for float32 gradients near 1e-20 that product is
+            # subnormal, which XLA's CPU code flushes to zero and torch keeps (as Lion's signs).
+            magnitudes=("ordinary", "large"),
+            reference_class=TimmLamb,
+        ),
+        Entry(
+            "Lars",
+            lars_hyperparameters(),
+            dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_clip=True),
+            complex=False,
+            fused=True,
+            elementwise=False,
+            tensor_lr=False,
+            # A trust ratio is 1 where a norm is 0: float32 gradients near 1e-20 have subnormal
+            # squares, which XLA's CPU code flushes to zero and torch keeps (as Lion's signs).
+            magnitudes=("ordinary", "large"),
+            reference_class=TimmLars,
+        ),
+        Entry(
+            "Prodigy",
+            prodigy_hyperparameters(),
+            dict(lr=1.0, weight_decay=0.01, use_bias_correction=True, slice_p=2),
+            complex=False,
+            elementwise=False,
+            tensor_lr=False,
+            # Tiny gradients make sum |s| tiny and d = r / sum |s| explode until d^2 overflows
+            # float32: the reference raises there (addcmul's value), XLA computes inf.
+            magnitudes=("ordinary", "large"),
+            # d is set from <g, p0 - p>, and early on p0 - p is the difference of two nearly equal
+            # numbers: an ulp of p (two frameworks round a step differently) becomes a large
+            # relative error in d, and d scales every later step (measured in float32: 1.1e-4 at
+            # worst over 150 generated cases, 8e-5 of it from an ulp at the first step).
+            across_frameworks={"float64": 1e-10, "float32": 1e-3},
+            reference_class=prodigyopt.Prodigy,
+            fixed_options=("fsdp_in_use",),
         ),
     ]
 }

@@ -1,8 +1,10 @@
 """The algorithms beyond torch.optim against their references: Lion (lion-pytorch), AdEMAMix (the
-authors' code, apple/ml-ademamix), Adan (the official sail-sg/Adan) and Schedule-Free AdamW and
-SGD (schedulefree), on the torch backend bit for bit, on JAX to float64 rounding, and beside optax
-and pytorch_optimizer where those define the same algorithm, with the measured distance where
-they do not."""
+authors' code, apple/ml-ademamix), Adan (the official sail-sg/Adan), Schedule-Free AdamW and SGD
+(schedulefree), Lamb and Lars (timm) and Prodigy (prodigyopt), on the torch backend bit for bit,
+on JAX to float64 rounding, and beside optax and pytorch_optimizer where those define the same
+algorithm, with the measured distance where they do not.  The generic properties (maximize,
+checkpoints, groups, missing and non-finite gradients, the functional form) run on them through
+the registry (tests/test_properties.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,10 @@ import copy
 import pickle
 
 import jax.numpy as jnp
-import lion_pytorch
 import numpy as np
 import optax
 import pytest
 import pytorch_optimizer
-import schedulefree
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,84 +24,15 @@ import optimizers
 from optimizers import testing
 
 from .harness import Functional
-from .references.adan_official import Adan as OfficialAdan
-from .references.ademamix_apple import AdEMAMix as AppleAdEMAMix
-from .strategies import problems, small_floats
+from .registry import BEYOND_TORCH_OPTIM
+from .strategies import problems
 
-REFERENCES = {
-    "Lion": lion_pytorch.Lion,
-    "AdEMAMix": AppleAdEMAMix,
-    "Adan": OfficialAdan,
-    "ScheduleFreeAdamW": schedulefree.AdamWScheduleFree,
-    "ScheduleFreeSGD": schedulefree.SGDScheduleFree,
-}
-
-
-@st.composite
-def lion_options(draw) -> dict:
-    return dict(
-        lr=draw(small_floats(1e-5, 0.1)),
-        betas=(draw(small_floats(0.0, 0.99)), draw(small_floats(0.0, 0.999))),
-        weight_decay=draw(st.one_of(st.just(0.0), small_floats(0.0, 1.0))),
-        decoupled_weight_decay=draw(st.booleans()),
-    )
-
-
-@st.composite
-def ademamix_options(draw) -> dict:
-    return dict(
-        lr=draw(small_floats(0.0, 0.1)),
-        betas=(draw(small_floats(0.0, 0.99)), draw(small_floats(0.0, 0.999)), draw(small_floats(0.0, 0.9999))),
-        alpha=draw(small_floats(0.0, 10.0)),
-        beta3_warmup=draw(st.one_of(st.none(), st.integers(1, 30))),
-        alpha_warmup=draw(st.one_of(st.none(), st.integers(1, 30))),
-        eps=draw(small_floats(1e-10, 1e-3)),
-        weight_decay=draw(st.one_of(st.just(0.0), small_floats(0.0, 0.1))),
-    )
-
-
-@st.composite
-def adan_options(draw) -> dict:
-    return dict(
-        lr=draw(small_floats(0.0, 0.1)),
-        betas=tuple(draw(small_floats(0.0, 0.99)) for _ in range(3)),
-        eps=draw(small_floats(1e-10, 1e-3)),
-        weight_decay=draw(st.one_of(st.just(0.0), small_floats(0.0, 0.1))),
-        max_grad_norm=draw(st.one_of(st.just(0.0), small_floats(0.1, 10.0))),
-        no_prox=draw(st.booleans()),
-    )
-
-
-@st.composite
-def schedule_free_options(draw, adam: bool) -> dict:
-    options = dict(
-        lr=draw(small_floats(0.0, 0.5)),
-        weight_decay=draw(st.one_of(st.just(0.0), small_floats(0.0, 0.1))),
-        warmup_steps=draw(st.one_of(st.just(0), st.integers(1, 10))),
-        r=draw(st.one_of(st.just(0.0), small_floats(0.0, 1.0))),
-        weight_lr_power=draw(small_floats(0.0, 4.0)),
-    )
-    if adam:
-        betas = (draw(small_floats(0.05, 0.99)), draw(small_floats(0.0, 0.999)))
-        return dict(options, lr=options["lr"] / 10, betas=betas, eps=draw(small_floats(1e-10, 1e-3)))
-    return dict(options, momentum=draw(small_floats(0.05, 0.99)))
-
-
-OPTIONS = {
-    "Lion": lion_options(),
-    "AdEMAMix": ademamix_options(),
-    "Adan": adan_options(),
-    "ScheduleFreeAdamW": schedule_free_options(adam=True),
-    "ScheduleFreeSGD": schedule_free_options(adam=False),
-}
-# Lion steps by a sign: gradients near zero compare the frameworks' zeros (as Rprop's).
-PROBLEMS = {
-    "Lion": dict(magnitudes=("ordinary", "large")),
-    "AdEMAMix": dict(),
-    "Adan": dict(),
-    "ScheduleFreeAdamW": dict(),
-    "ScheduleFreeSGD": dict(),
-}
+REFERENCES = {name: entry.reference for name, entry in BEYOND_TORCH_OPTIM.items()}
+OPTIONS = {name: entry.hyperparameters for name, entry in BEYOND_TORCH_OPTIM.items()}
+PROBLEMS = {name: dict(magnitudes=entry.magnitudes) for name, entry in BEYOND_TORCH_OPTIM.items()}
+# timm's classes have a multi-tensor path of their own (Lamb's folds its bias corrections):
+# our foreach follows it.
+TAKES_FOREACH = {"Lamb", "Lars"}
 
 
 def grouped(leaves, problem):
@@ -125,11 +56,12 @@ def test_the_torch_backend_is_the_reference_bit_for_bit(name, foreach, dtype, da
     problem = data.draw(problems(dtype, **PROBLEMS[name]))
     options = data.draw(OPTIONS[name])
     ours, theirs = getattr(optimizers, name), REFERENCES[name]
+    reference_mode = dict(foreach=foreach) if name in TAKES_FOREACH else {}
     # Schedule-Free: the averaged point x too, which eval() shows.
     for eval_params in [False, True] if name.startswith("ScheduleFree") else [False]:
         testing.assert_agree(
             torch_side(ours, problem, options, eval_params, foreach=foreach),
-            torch_side(theirs, problem, options, eval_params),
+            torch_side(theirs, problem, options, eval_params, **reference_mode),
             problem=problem,
             dtype=dtype,
             rtol=0,
@@ -151,10 +83,11 @@ def test_schedule_free_keeps_the_references_counters_in_its_param_groups(name):
         assert {k: mine[k] for k in counters} == {k: reference[k] for k in counters}
 
 
-# Float64 agreement of the JAX backend with the torch reference.  Different sqrt and division
-# rounding (torch's CPU sqrt is not correctly rounded), FMA placement; Adan's float32 clip factor
-# is a float32 sum of squares summed in another order, so a clipped step agrees to float32 only.
-JAX_TOLERANCE = {"Lion": 1e-12, "AdEMAMix": 1e-12, "Adan": 1e-6, "ScheduleFreeAdamW": 1e-12, "ScheduleFreeSGD": 1e-12}
+# Agreement of the JAX backend with the torch reference, where no entry says otherwise: float64
+# rounding (torch's CPU sqrt is not correctly rounded; FMA placement), and float32's contract
+# (tests/test_properties.py).  Adan's float32 clip factor and Prodigy's estimate set their own
+# (tests/registry.py).
+JAX_TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -169,8 +102,7 @@ def test_the_jax_backend_follows_the_reference(name, dtype, data):
         torch_side(REFERENCES[name], problem, options),
         problem=problem,
         dtype=dtype,
-        # float32: the contract's agreement across frameworks (tests/test_properties.py)
-        rtol=JAX_TOLERANCE[name] if dtype == "float64" else 1e-5,
+        rtol=(BEYOND_TORCH_OPTIM[name].across_frameworks or JAX_TOLERANCE)[dtype],
     )
 
 
@@ -262,18 +194,9 @@ def test_pytorch_optimizer_computes_the_same_to_rounding(name, options, theirs, 
     assert 0 < measured <= tolerance
 
 
-CHECKPOINT_OPTIONS = {
-    "Lion": dict(lr=1e-2, weight_decay=0.1),
-    "AdEMAMix": dict(lr=1e-2, alpha_warmup=5, beta3_warmup=5),
-    "Adan": dict(lr=1e-2, max_grad_norm=1.0, weight_decay=0.02),
-    "ScheduleFreeAdamW": dict(lr=1e-2, warmup_steps=3, weight_decay=0.1),
-    "ScheduleFreeSGD": dict(lr=0.1, warmup_steps=3, r=0.5),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CHECKPOINT_OPTIONS))
+@pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_a_reference_checkpoint_continues_identically_in_ours_and_back(name):
-    options = CHECKPOINT_OPTIONS[name]
+    options = BEYOND_TORCH_OPTIM[name].options
     rng = np.random.default_rng(3)
     start = rng.standard_normal((4, 3))
     grads = [torch.tensor(rng.standard_normal((4, 3))) for _ in range(12)]
@@ -328,8 +251,8 @@ def test_the_class_form_and_fused_steps(name):
     cls, options = getattr(optimizers, name), dict(lr=1e-2)
     class_form = Functional(lambda leaves: cls.functional(**options))
     assert error(class_form, ours_on_jax(cls, **options), steps=8) <= 1e-15
-    # Inductor's loop rounds as its own C++ does
-    assert error(ours_on_torch(cls, fused=True, **options), ours_on_torch(cls, **options), steps=8) <= 1e-13
+    if BEYOND_TORCH_OPTIM[name].fused:  # Inductor's loop rounds as its own C++ does
+        assert error(ours_on_torch(cls, fused=True, **options), ours_on_torch(cls, **options), steps=8) <= 1e-13
 
 
 @pytest.mark.parametrize(
@@ -341,6 +264,13 @@ def test_the_class_form_and_fused_steps(name):
         ("AdEMAMix", dict(alpha=-1.0), "Invalid alpha value: -1.0"),
         ("Adan", dict(max_grad_norm=-1.0), "Invalid Max grad norm: -1.0"),
         ("Adan", dict(eps=-1.0), "Invalid epsilon value: -1.0"),
+        ("Lamb", dict(max_grad_norm=0.0), "Invalid max_grad_norm: 0.0"),
+        ("Lamb", dict(lr=0.0, corrected_weight_decay=True), "Corrected weight decay requires a positive max lr"),
+        ("Lars", dict(nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+        ("Lars", dict(momentum=-0.5), "Invalid momentum value: -0.5"),
+        ("Prodigy", dict(d0=0.0), "Invalid d0 value: 0.0"),
+        ("Prodigy", dict(slice_p=0), "Invalid slice_p value: 0"),
+        ("Prodigy", dict(fsdp_in_use=True), "fsdp_in_use=True"),
     ],
 )
 def test_bad_hyperparameters_are_named(name, options, message):
@@ -384,3 +314,73 @@ def test_schedule_free_steps_only_in_train_mode_and_eval_params_give_x():
         their_y = optax.apply_updates(their_y, updates)
     their_x = optax.contrib.schedule_free_eval_params(their_state, their_y)
     np.testing.assert_allclose(their_x["w"], x["w"], rtol=1e-14, atol=1e-14)
+
+
+def test_lamb_is_optax_lamb_without_the_clip_and_always_adapting():
+    unclipped = dict(lr=1e-2, max_grad_norm=None, always_adapt=True)
+    for weight_decay in (0.0, 0.01):
+        ours = ours_on_jax(optimizers.Lamb, **unclipped, weight_decay=weight_decay)
+        assert error(ours, testing.optax(optax.lamb(1e-2, eps=1e-6, weight_decay=weight_decay))) <= 1e-14
+    # timm's defaults clip the gradients' global norm at 1 (the problem's starts near 5).
+    defaults = ours_on_jax(optimizers.Lamb, lr=1e-2)
+    assert error(defaults, testing.optax(optax.lamb(1e-2, eps=1e-6, weight_decay=0.01))) > 1e-4
+
+
+def test_lamb_is_another_algorithm_than_pytorch_optimizers_lamb():
+    # It clamps the weight norm at 10 and corrects the bias of m only.
+    ours = ours_on_torch(optimizers.Lamb, lr=1e-2, max_grad_norm=None)
+    theirs = ours_on_torch(pytorch_optimizer.Lamb, lr=1e-2, weight_decay=0.01, eps=1e-6)
+    assert error(ours, theirs) > 1e-2
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_lars_is_optax_lars_without_decay_and_differs_with_it(momentum):
+    def pair(weight_decay):
+        options = dict(lr=0.5, momentum=momentum, always_adapt=True, weight_decay=weight_decay, eps=0.0)
+        return ours_on_jax(optimizers.Lars, **options), testing.optax(
+            optax.lars(0.5, weight_decay=weight_decay, momentum=momentum, eps=0.0)
+        )
+
+    assert error(*pair(0.0), steps=30) == 0  # with eps=0 on both sides (timm's default is 1e-8)
+    # optax's ratio divides by ||g + wd p||, timm's by ||g|| + wd ||p|| + eps.
+    assert error(*pair(1e-3), steps=30) > 1e-6
+
+
+def test_prodigy_is_optax_prodigy_when_it_corrects_the_bias():
+    ours = ours_on_jax(optimizers.Prodigy, use_bias_correction=True, weight_decay=0.1)
+    assert error(ours, testing.optax(optax.contrib.prodigy(1.0, weight_decay=0.1))) <= 1e-10
+    # optax always bias-corrects; the reference's default does not.
+    assert error(ours_on_jax(optimizers.Prodigy), testing.optax(optax.contrib.prodigy(1.0))) > 0.1
+
+
+def test_prodigy_waits_out_zero_gradients_as_the_reference_where_optax_divides_by_zero():
+    zero_first = testing.given_gradients(
+        [np.array([1.0, -2.0])], [[np.zeros(2)], [np.zeros(2)], [np.array([0.5, 0.1])], [np.array([0.2, -0.3])]]
+    )
+    reference = ours_on_torch(REFERENCES["Prodigy"])
+    runs = testing.trajectory(reference, zero_first)
+    np.testing.assert_array_equal(runs[1][0], [1.0, -2.0])  # no step, no NaN while sum |s| = 0
+    for ours in (ours_on_torch(optimizers.Prodigy), ours_on_jax(optimizers.Prodigy)):
+        testing.assert_agree(ours, reference, problem=zero_first, rtol=1e-15)
+    assert np.isnan(testing.trajectory(testing.optax(optax.contrib.prodigy(1.0)), zero_first)[0][0]).all()
+
+
+def test_prodigy_estimates_d_over_every_group_and_refuses_unequal_rates_before_stepping():
+    three = [np.ones(3), np.full(2, -1.0), np.zeros(4)]
+    rows = [[g * (k + 1) for g in (np.arange(3.0), np.ones(2), -np.ones(4))] for k in range(5)]
+    problem = testing.given_gradients(three, rows)
+
+    def groups(params):
+        # A zero-lr group takes no part in the estimate but still steps with the global dlr.
+        return [{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:2]}, {"params": params[2:], "lr": 0.0}]
+
+    pairs = [(optimizers.Prodigy, "ours"), (REFERENCES["Prodigy"], "reference")]
+    ours, theirs = (testing.torch(lambda ps, cls=cls: cls(groups(ps), decouple=False)) for cls, _ in pairs)
+    testing.assert_agree(ours, theirs, problem=problem, rtol=0)
+    tensors = [torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)]
+    mixed = optimizers.Prodigy([{"params": tensors[:1]}, {"params": tensors[1:], "lr": 0.5}])
+    for group in mixed.param_groups:
+        group["params"][0].grad = torch.ones(2)
+    with pytest.raises(RuntimeError, match="different lr values"):
+        mixed.step()
+    assert not mixed.state and [g["k"] for g in mixed.param_groups] == [0, 0]

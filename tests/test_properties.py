@@ -21,11 +21,14 @@ from hypothesis import strategies as st
 
 from optimizers import testing
 from tests.harness import REPORT, Run, relative_error, trajectory
-from tests.registry import REGISTRY
+from tests.registry import BEYOND_TORCH_OPTIM, REGISTRY
 from tests.strategies import problems
 
+# Every algorithm: torch.optim's, whose reference is torch.optim's class, and those beyond it,
+# whose reference is the torch implementation their issue names ("torch.optim" below).
+EVERY = [*REGISTRY.values(), *BEYOND_TORCH_OPTIM.values()]
 # The properties feed each optimizer a generated problem's gradients, one per step.
-ENTRIES = [entry for entry in REGISTRY.values() if entry.steps_on_given_gradients]
+ENTRIES = [entry for entry in EVERY if entry.steps_on_given_gradients]
 DTYPES = ["float64", "float32"]
 # Across frameworks (op order, fused multiply-add) results differ by ulps, which 20 steps may grow.
 ACROSS_FRAMEWORKS = {"float64": 1e-10, "float32": 1e-5}
@@ -173,11 +176,18 @@ def resume(entry, source, target, problem, kwargs, split):
 @secondary
 @given(data=st.data())
 def test_splitting_into_groups_with_equal_hyperparameters_changes_nothing(entry, backend, data):
-    problem, kwargs = draw_case(data, entry, data.draw(st.sampled_from(DTYPES), label="dtype"))
+    """Bit for bit, except on JAX for rules with numbers kept per group (group counters, step
+    scalars: Adan, Lamb, Schedule-Free): the compiled step computes them once per group, so one
+    group and several are different programs, which XLA fuses and contracts differently
+    (measured: 1-2 ulps in float64), as for the functional form."""
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    problem, kwargs = draw_case(data, entry, dtype)
     assume(len(problem.groups) > 1)
     grouped = trajectory(entry, backend, problem, kwargs)
     single = trajectory(entry, backend, replace(problem, groups=[list(range(len(problem.params)))]), kwargs)
-    REPORT.compare(entry.name, f"groups ({backend})", "mixed", grouped, single, 0.0)
+    per_group = entry.ours.group_counters or entry.ours.step_scalars
+    limit = FUNCTIONAL_VS_OBJECT[dtype] if backend == "jax" and per_group else 0.0
+    REPORT.compare(entry.name, f"groups ({backend})", dtype, grouped, single, limit)
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
@@ -200,7 +210,7 @@ def test_a_parameter_without_gradient_keeps_its_value_and_state(entry, backend, 
                     assert new_state[leaf][key].tobytes() == value.tobytes()
 
 
-@pytest.mark.parametrize("entry", [entry for entry in REGISTRY.values() if "dense" in entry.gradients], ids=repr)
+@pytest.mark.parametrize("entry", [entry for entry in EVERY if "dense" in entry.gradients], ids=repr)
 @secondary
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 20))
 def test_closure_driven_training_agrees_across_backends(entry, data, seed, steps):
@@ -223,6 +233,9 @@ def test_closure_driven_training_agrees_across_backends(entry, data, seed, steps
         return value
 
     jax_opt = entry.ours(jnp.asarray(start), **kwargs)
+    for optimizer in (torch_opt, jax_opt):
+        if callable(getattr(optimizer, "train", None)):  # Schedule-Free steps in train mode
+            optimizer.train()
     value_and_grad = jax.value_and_grad(lambda q: 0.5 * jnp.sum(curvature * (q - target) ** 2))
     torch_path, jax_path = [], []
     loss_tolerance = 1e-9 if entry.across_frameworks is None else entry.across_frameworks["float64"]
@@ -241,11 +254,12 @@ def test_closure_driven_training_agrees_across_backends(entry, data, seed, steps
 IMPLEMENTATION_FLAGS = {"params", "self", "foreach", "fused", "capturable", "differentiable", "backend"}
 
 
-@pytest.mark.parametrize("entry", list(REGISTRY.values()), ids=repr)
+@pytest.mark.parametrize("entry", EVERY, ids=repr)
 def test_every_option_is_generated(entry):
-    """Each hyperparameter of the torch.optim signature leaves its default in some generated case."""
+    """Each hyperparameter of the reference's signature leaves its default in some generated case."""
     signature = inspect.signature(entry.reference.__init__).parameters
-    options = {name: p.default for name, p in signature.items() if name not in IMPLEMENTATION_FLAGS}
+    fixed = IMPLEMENTATION_FLAGS | set(entry.fixed_options)
+    options = {name: p.default for name, p in signature.items() if name not in fixed}
     moved = set()
 
     @settings(max_examples=60, derandomize=True, database=None)

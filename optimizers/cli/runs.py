@@ -30,6 +30,9 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "Adan": ("Adan", {}),
     "ScheduleFreeAdamW": ("ScheduleFreeAdamW", {}),
     "ScheduleFreeSGD": ("ScheduleFreeSGD", {}),
+    "Lamb": ("Lamb", {}),
+    "Lars": ("Lars", {"momentum": 0.9}),
+    "Prodigy": ("Prodigy", {}),
 }
 
 IMPLEMENTATIONS = ("torch.optim", "torch", "jax")
