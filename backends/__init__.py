@@ -200,6 +200,10 @@ class Backend(Protocol):
     def foreach(self, group: dict[str, Any], params: list) -> bool:
         """Whether ``group``'s step runs as multi-tensor operations (torch.optim's ``foreach``)."""
 
+    def step_scalars(self, rule: Rule, groups: list, state: dict, host_h: Callable[[dict], Any]) -> dict[str, Any]:
+        """``rule.step_scalars`` for this step.  ``groups`` holds ``(group, params with a
+        gradient)`` for every param group; ``host_h(group)`` is the group's ``h`` on the host."""
+
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         """Run ``rule`` for every parameter and write the new parameters and state.
 

@@ -172,6 +172,20 @@ class JaxBackend:
     def foreach(self, group: dict[str, Any], params: list) -> bool:
         return False  # one compiled program per step: torch.optim's single-tensor formulas
 
+    def step_scalars(self, rule: Rule, groups: list, state: dict, host_h: Callable[[dict], Any]) -> dict[str, Any]:
+        """Traced into one compiled program per step's shapes, as the functional form computes them."""
+        from backends.jax_functional import hyperparameters, static, step_scalars
+
+        switches = [rule.switches(group) for group, _ in groups]
+        return step_scalars(
+            rule,
+            tuple(map(static, switches)),
+            [hyperparameters(group, s) for (group, _), s in zip(groups, switches)],
+            [[p.value for p in params] for _, params in groups],
+            [[p.grad for p in params] for _, params in groups],
+            [[state.get(p, {}) for p in params] for _, params in groups],
+        )
+
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         from backends.jax_functional import hyperparameters, static, step  # it traces with this backend
 

@@ -109,6 +109,18 @@ def _traced_step(rule, switches, numbers, values, grads, states):
     return new_values, new_states
 
 
+def _traced_step_scalars(rule, switches, numbers, values, grads, states):
+    """The rule's ``step_scalars`` over every group, traced."""
+    groups = [
+        GroupStep(Scalars(_shared(rule, group_switches, group_numbers)), *arrays)
+        for group_switches, group_numbers, *arrays in zip(switches, numbers, values, grads, states)
+    ]
+    return rule.step_scalars(JaxOps, TracedMath, groups)
+
+
+#: The object-oriented step's ``step_scalars``: one program per step's shapes.
+step_scalars = jax.jit(_traced_step_scalars, static_argnums=(0, 1))
+
 #: The object-oriented step: one program for the whole step (switches compiled in).  It
 #: donates the parameters and state it replaces, so XLA writes the new ones in their place.
 step = jax.jit(_traced_step, static_argnums=(0, 1), donate_argnums=(3, 5))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends import Rule, Scalars, run_update, torch_fused, torch_plan, widened
+from backends import GroupStep, HostMath, Rule, Scalars, run_update, torch_fused, torch_plan, widened
 from backends.torch_ops import KernelOps, TensorMath, TorchOps
 
 
@@ -157,6 +157,20 @@ class TorchBackend:
             )
         # Multi-tensor kernels take dense tensors; torch.optim loops over sparse gradients too.
         return bool(chosen) and not any(p.grad is not None and p.grad.is_sparse for p in params)
+
+    def step_scalars(self, rule: Rule, groups: list, state: dict, host_h: Callable[[dict], Any]) -> dict[str, Any]:
+        """On the host, op by op, as the references compute such numbers (``.item()`` included)."""
+        assert rule.step_scalars is not None  # asked for only where the rule has them
+        steps = [
+            GroupStep(
+                host_h(group),
+                [self.value(p) for p in params],
+                [p.grad for p in params],
+                [state.get(p, {}) for p in params],
+            )
+            for group, params in groups
+        ]
+        return rule.step_scalars(self.ops, HostMath, steps)
 
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         for group, params, h in work:

@@ -360,7 +360,10 @@ class Optimizer(torch.optim.Optimizer):
         if self._has_initial_state:
             for group in self.param_groups:
                 self._init_group(group)
-        found = self._step_scalars(self.step_scalars) if self.step_scalars is not None else {}
+        found = {}
+        if self.step_scalars is not None:
+            groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+            found = self._backend.step_scalars(self._rule, groups, self.state, self._host_scalars)
         if self.group_counters:
             for group in self.param_groups:
                 numbers = backends.numbers(group, self._backend.host_number, self.switches(group))
@@ -374,22 +377,6 @@ class Optimizer(torch.optim.Optimizer):
         if work:
             self._backend.apply(self._rule, work, self.state, self._backend_memory)
         return loss
-
-    def _step_scalars(self, step_scalars: Callable) -> dict[str, Any]:
-        """The step's :attr:`step_scalars`, from every param group (on the host)."""
-        backend = self._backend
-        groups = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            groups.append(
-                backends.GroupStep(
-                    self._host_scalars(group),
-                    [backend.value(p) for p in params],
-                    [p.grad for p in params],
-                    [self.state.get(p, {}) for p in params],
-                )
-            )
-        return step_scalars(backend.ops, backends.HostMath, groups)
 
     @property
     def _has_initial_state(self) -> bool:
