@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .terms import trust_ratio
-from .validation import check_array_lr, check_fused
+from .terms import momentum_step, trust_ratio
+from .validation import check_fused, check_sgd_options
 
 __all__ = ["Lars"]
 
@@ -60,15 +60,7 @@ class Lars(Optimizer):
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
     ) -> None:
-        check_array_lr(lr)
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        check_sgd_options(lr, momentum, dampening, weight_decay, nesterov)
         check_fused(fused, foreach, False)
         super().__init__(**signature_arguments(Lars.__init__, locals()))
 
@@ -104,9 +96,4 @@ class Lars(Optimizer):
             if h.trust_clip:
                 ratio = ops.clamp(ratio / h.lr, high=1.0)
             grad = ops.add(grad, param, alpha=h.weight_decay) * ratio
-        if h.has_momentum:
-            buffer = state.get("momentum_buffer")
-            buffer = grad if buffer is None else ops.add(buffer * h.momentum, grad, alpha=h.undamped)
-            state = {**state, "momentum_buffer": buffer}
-            grad = ops.add(grad, buffer, alpha=h.momentum) if h.nesterov else buffer
-        return ops.add(param, grad, alpha=-h.lr), state
+        return momentum_step(ops, param, grad, state, h)

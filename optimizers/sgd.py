@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .terms import decay_coefficients, decay_switches, direction
-from .validation import check_array_lr, check_fused, check_nonnegative
+from .terms import decay_coefficients, decay_switches, direction, momentum_step
+from .validation import check_array_lr, check_fused, check_nonnegative, check_sgd_options
 
 __all__ = ["SGD", "ASGD"]
 
@@ -77,15 +77,7 @@ class SGD(Optimizer):
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
     ) -> None:
-        check_array_lr(lr)
-        if lr < 0.0:  # not `0 <= lr`: torch's SGD accepts a NaN learning rate
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        check_sgd_options(lr, momentum, dampening, weight_decay, nesterov)
         check_fused(fused, foreach, differentiable)
         super().__init__(**signature_arguments(SGD.__init__, locals()))
 
@@ -99,13 +91,7 @@ class SGD(Optimizer):
 
     @staticmethod
     def update(ops, param, grad, state, h):
-        grad = direction(ops, param, grad, h)
-        if h.has_momentum:
-            buffer = state.get("momentum_buffer")
-            buffer = grad if buffer is None else ops.add(buffer * h.momentum, grad, alpha=h.undamped)
-            state = {**state, "momentum_buffer": buffer}
-            grad = ops.add(grad, buffer, alpha=h.momentum) if h.nesterov else buffer
-        return ops.add(param, grad, alpha=-h.lr), state
+        return momentum_step(ops, param, direction(ops, param, grad, h), state, h)
 
 
 def _learning_rate(h):

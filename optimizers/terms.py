@@ -26,6 +26,17 @@ def direction(ops, param, grad, h):
     return grad
 
 
+def momentum_step(ops, param, grad, state, h):
+    """torch's SGD step on ``grad``: heavy-ball momentum (the first buffer is the gradient itself),
+    Nesterov's look-ahead, then ``param - lr * direction``.  State: ``momentum_buffer``."""
+    if h.has_momentum:
+        buffer = state.get("momentum_buffer")
+        buffer = grad if buffer is None else ops.add(buffer * h.momentum, grad, alpha=h.undamped)
+        state = {**state, "momentum_buffer": buffer}
+        grad = ops.add(grad, buffer, alpha=h.momentum) if h.nesterov else buffer
+    return ops.add(param, grad, alpha=-h.lr), state
+
+
 def decoupled_decay(param, h):
     """AdamW's decay: the parameter shrinks by ``1 - lr * weight_decay`` before the step."""
     return param * h.decay_factor if h.decoupled_decay else param

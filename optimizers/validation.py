@@ -14,6 +14,7 @@ __all__ = [
     "check_betas",
     "check_fused",
     "check_nonnegative",
+    "check_sgd_options",
     "state_dtype_name",
     "with_torch_truth_error",
 ]
@@ -63,6 +64,19 @@ def check_betas(betas: Any) -> None:
     for index in range(max(2, len(betas))):
         if not 0.0 <= betas[index] < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
+
+
+def check_sgd_options(lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: Any) -> None:
+    """torch.optim.SGD's checks, in its order (timm's Lars makes the same)."""
+    check_array_lr(lr)
+    if lr < 0.0:  # not `0 <= lr`: torch's SGD accepts a NaN learning rate
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if momentum < 0.0:
+        raise ValueError(f"Invalid momentum value: {momentum}")
+    if weight_decay < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
 
 def check_fused(fused: Any, foreach: Any, differentiable: bool) -> None:
