@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import backends
+
 from .optimizer import Optimizer, signature_arguments
 from .terms import trust_ratio
 from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
@@ -180,7 +182,7 @@ class Lamb(Optimizer):
         )
         # timm's multi-tensor path folds the corrections into one scale, except for float16 (where
         # eps * sqrt(bc2) can underflow).
-        folded = h.folded and not str(param.dtype).endswith("float16")
+        folded = h.folded and backends.dtype_name(param.dtype) != "float16"
         if folded:
             scale = bias_correction2_sqrt / bias_correction1
             update = exp_avg / (ops.sqrt(exp_avg_sq) + h.eps * bias_correction2_sqrt)
@@ -188,7 +190,7 @@ class Lamb(Optimizer):
             scale = 1.0
             update = (exp_avg / bias_correction1) / (ops.sqrt(exp_avg_sq) / bias_correction2_sqrt + h.eps)
         if h.caution:
-            agrees = ops.astype(update * grad > 0, _dtype_name(grad))
+            agrees = ops.astype(update * grad > 0, backends.dtype_name(grad.dtype))
             update = update * (agrees / ops.clamp(ops.mean(agrees), low=1e-3))
         if h.decoupled:
             param = ops.add(param, param, alpha=h.corrected_decay if h.corrects_decay else h.decay)
@@ -207,7 +209,3 @@ class Lamb(Optimizer):
         if folded:
             return ops.addcmul(param, update, ratio * step_size), moments
         return ops.add(param, update * ratio, alpha=step_size), moments
-
-
-def _dtype_name(array: Any) -> str:
-    return str(array.dtype).removeprefix("torch.")

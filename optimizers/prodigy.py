@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .optimizer import Optimizer, signature_arguments
-from .validation import check_array_lr
+from .terms import direction
+from .validation import check_array_lr, check_betas
 
 __all__ = ["Prodigy"]
 
@@ -15,17 +16,9 @@ def _sliced(array: Any, every: int) -> Any:
     return array.reshape(-1)[::every]
 
 
-def _direction(ops: Any, param: Any, grad: Any, h: Any) -> Any:
-    if h.maximize:
-        grad = -grad
-    if h.l2:
-        grad = ops.add(grad, param, alpha=h.weight_decay)
-    return grad
-
-
-def _advanced_s(ops: Any, s: Any, sliced_grad: Any, h: Any) -> Any:
+def _advanced_s(ops: Any, s: Any, sliced_grad: Any, h: Any, d: Any, dlr: Any) -> Any:
     """``s_t = beta3 s_{t-1} + (d / d0) * (d or d * lr * bias_correction) * g``, on the sliced gradient."""
-    weight = h.step_d / h.d0 * (h.step_d if h.safeguard_warmup else h.dlr)
+    weight = d / h.d0 * (d if h.safeguard_warmup else dlr)
     return ops.add(s * h.beta3, sliced_grad, alpha=weight)
 
 
@@ -41,17 +34,16 @@ def _estimate(ops: Any, math: Any, groups: list) -> dict[str, Any]:
     for group in groups[1:]:
         lr = math.where(group.h.lr > lr, group.h.lr, lr)
     dlr = first.d * lr * (first.bias_correction if first.corrects else 1.0)
-    shared = {"step_d": first.d, "dlr": dlr}
     numerator, denominator = 0.0, 0.0
     for h, params, grads, states in groups:
         if not h.active:
             continue
-        h = _Overlay(h, shared)
         for param, grad, state in zip(params, grads, states):
-            sliced_grad = _sliced(_direction(ops, param, grad, h), h.slice_p)
+            sliced_grad = _sliced(direction(ops, param, grad, h), h.slice_p)
             distance = ops.dot(sliced_grad, state["p0"] - _sliced(param, h.slice_p))
             numerator = numerator + first.d / h.d0 * dlr * ops.scalar(distance)
-            denominator = denominator + ops.scalar(ops.sum(ops.abs(_advanced_s(ops, state["s"], sliced_grad, h))))
+            s = _advanced_s(ops, state["s"], sliced_grad, h, first.d, dlr)
+            denominator = denominator + ops.scalar(ops.sum(ops.abs(s)))
     # No progress yet (every sliced gradient and s zero): the reference returns before moving
     # anything, and leaves the groups' numbers as they were.
     stalled = denominator == 0
@@ -64,7 +56,8 @@ def _estimate(ops: Any, math: Any, groups: list) -> dict[str, Any]:
     grown = d * first.growth_rate
     d = math.where(grown < d_max, grown, d_max)
     return dict(
-        shared,
+        step_d=first.d,
+        dlr=dlr,
         stalled=math.where(stalled, 1.0, 0.0),
         next_d=d,
         next_d_max=d_max,
@@ -72,16 +65,6 @@ def _estimate(ops: Any, math: Any, groups: list) -> dict[str, Any]:
         next_d_denom=denominator,
         next_d_hat=d_hat,
     )
-
-
-class _Overlay:
-    """``h`` with the step's shared numbers on top (inside the estimate, before they reach the groups)."""
-
-    def __init__(self, h: Any, extra: dict[str, Any]) -> None:
-        self._h, self._extra = h, extra
-
-    def __getattr__(self, name: str) -> Any:
-        return self._extra[name] if name in self._extra else getattr(self._h, name)
 
 
 class Prodigy(Optimizer):
@@ -166,10 +149,7 @@ class Prodigy(Optimizer):
             raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 < eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        check_betas(betas)
         if not (isinstance(slice_p, int) and slice_p >= 1):
             raise ValueError(f"Invalid slice_p value: {slice_p} (every slice_p-th element: an int >= 1)")
         if fsdp_in_use:
@@ -256,7 +236,7 @@ class Prodigy(Optimizer):
 
     @staticmethod
     def update(ops, param, grad, state, h):
-        grad = _direction(ops, param, grad, h)
+        grad = direction(ops, param, grad, h)
         new_state = dict(state)
         if h.active:
             step_d = h.step_d
@@ -265,7 +245,7 @@ class Prodigy(Optimizer):
             new_state["exp_avg_sq"] = ops.addcmul(
                 state["exp_avg_sq"] * h.beta2, grad, grad, value=step_d * step_d * (1 - h.beta2)
             )
-            new_state["s"] = _advanced_s(ops, state["s"], _sliced(grad, h.slice_p), h)
+            new_state["s"] = _advanced_s(ops, state["s"], _sliced(grad, h.slice_p), h, step_d, h.dlr)
         # The estimate after this step (the groups' d has advanced; step_d is the one it began with).
         denom = ops.sqrt(new_state["exp_avg_sq"]) + h.d * h.eps
         stepped = param

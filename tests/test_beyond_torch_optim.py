@@ -348,8 +348,10 @@ def test_prodigy_estimates_d_over_every_group_and_refuses_unequal_rates_before_s
         # A zero-lr group takes no part in the estimate but still steps with the global dlr.
         return [{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:2]}, {"params": params[2:], "lr": 0.0}]
 
-    pairs = [(optimizers.Prodigy, "ours"), (REFERENCES["Prodigy"], "reference")]
-    ours, theirs = (testing.torch(lambda ps, cls=cls: cls(groups(ps), decouple=False)) for cls, _ in pairs)
+    ours, theirs = (
+        testing.torch(lambda ps, cls=cls: cls(groups(ps), decouple=False))
+        for cls in (optimizers.Prodigy, REFERENCES["Prodigy"])
+    )
     testing.assert_agree(ours, theirs, problem=problem, rtol=0)
     tensors = [torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)]
     mixed = optimizers.Prodigy([{"params": tensors[:1]}, {"params": tensors[1:], "lr": 0.5}])
