@@ -201,7 +201,7 @@ class JaxBackend:
         # The step consumes the parameters and state: a gradient that is one of those arrays
         # (opt.step(opt.params) for the loss |p|^2 / 2) must survive the call as its own copy.
         consumed = {id(a) for group in values for a in group}
-        consumed.update(id(a) for group in states for held in group for a in held.values())
+        consumed.update(map(id, jax.tree_util.tree_leaves(states)))
         grads = [[jnp.copy(g) if id(g) in consumed else g for g in group_grads] for group_grads in grads]
         new_values, new_states = step(rule, tuple(switches), numbers, values, grads, states)
         for (_, params, _), group_values, group_states in zip(work, new_values, new_states):

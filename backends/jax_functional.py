@@ -92,7 +92,11 @@ def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
     h = Scalars({k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
     new_value, new_arrays = run_update(BACKEND, rule, work, work_grad, arrays, h)
     new_state = {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
-    new_state.update({k: v.astype(arrays[k].dtype if k in arrays else work.dtype) for k, v in new_arrays.items()})
+    for key, new in new_arrays.items():  # an entry may be a list of arrays (SOAP's statistics)
+        if key in arrays:
+            new_state[key] = jax.tree_util.tree_map(lambda n, old: n.astype(old.dtype), new, arrays[key])
+        else:
+            new_state[key] = jax.tree_util.tree_map(lambda n: n.astype(work.dtype), new)
     return new_value.astype(value.dtype), new_state
 
 
@@ -172,13 +176,17 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         states = []
         for leaf in leaves:
             value = jnp.asarray(leaf)
-            state = {
-                k: _placed_like(v, value) for k, v in initial_state(BACKEND, rule, value, h, counter_dtype).items()
-            }
+            state = jax.tree_util.tree_map(
+                lambda v, value=value: _placed_like(v, value), initial_state(BACKEND, rule, value, h, counter_dtype)
+            )
             # Entries the rule creates at its first step (SGD's momentum buffer) exist from
             # the start here, as zeros, so the state's structure never changes.
             _, stepped = jax.eval_shape(lambda s, value=value: _leaf_step(rule, shared, value, value, s), state)
-            lazy = {k: _placed_like(jnp.zeros(v.shape, v.dtype), value) for k, v in stepped.items() if k not in state}
+            lazy = {
+                k: jax.tree_util.tree_map(lambda v, value=value: _placed_like(jnp.zeros(v.shape, v.dtype), value), v)
+                for k, v in stepped.items()
+                if k not in state
+            }
             state = {**state, **lazy, INITIALIZED: jnp.zeros((), bool)} if lazy else state
             states.append({**state, **counters})
         return jax.tree_util.tree_unflatten(structure, states)

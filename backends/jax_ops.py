@@ -106,8 +106,8 @@ class JaxOps:
         return _wide_matmul(m1, m2).astype(m1.dtype)
 
     @staticmethod
-    def sum(x):
-        return jnp.sum(x)
+    def sum(x, axis=None):
+        return jnp.sum(x, axis=axis)
 
     @staticmethod
     def astype(x, dtype):
@@ -129,6 +129,47 @@ class JaxOps:
         return TracedMath.float(x)
 
     concat = staticmethod(jnp.concatenate)
+
+    @staticmethod
+    def tensordot(x, y, axes):
+        return jnp.tensordot(x, y, axes=(tuple(axes[0]), tuple(axes[1])))
+
+    @staticmethod
+    def eigh(x):
+        # torch reads the lower triangle as given; a product such as G G^T is symmetric only to
+        # rounding, so averaging it with its transpose (JAX's default) would change it.
+        return tuple(jnp.linalg.eigh(x, UPLO="L", symmetrize_input=False))
+
+    @staticmethod
+    def qr(x):
+        return tuple(jnp.linalg.qr(x))
+
+    @staticmethod
+    def eye_like(x):
+        return jnp.eye(x.shape[0], dtype=x.dtype)
+
+    @staticmethod
+    def argsort(x, descending=False):
+        return jnp.argsort(x, descending=descending)
+
+    @staticmethod
+    def take(x, indices, axis):
+        return jnp.take(x, indices, axis=axis)
+
+    @staticmethod
+    def flip(x, axis):
+        return jnp.flip(x, axis=axis)
+
+    @staticmethod
+    def permute(x, axes):
+        return jnp.transpose(x, tuple(axes))
+
+    @staticmethod
+    def cond(predicate, if_true, if_false):
+        if isinstance(predicate, bool):
+            return if_true() if predicate else if_false()
+        return jax.lax.cond(predicate, if_true, if_false)
+
     dot = staticmethod(jnp.dot)  # of two vectors, a 0-d array
 
     @staticmethod
@@ -153,6 +194,10 @@ class JaxOps:
     def sign(x):
         """-1, 0 or 1; 0 for NaN, as torch's CPU kernel computes (0 < x) - (x < 0)."""
         return jnp.where(jnp.isnan(x), jnp.zeros_like(x), jnp.sign(x))
+
+    @staticmethod
+    def zeros(shape, like):
+        return jnp.zeros(shape, like.dtype)
 
     @staticmethod
     def full_like(x, value):

@@ -45,6 +45,10 @@ class Ops(Protocol):
     def sign(self, x: Array) -> Array: ...
     def zeros_like(self, x: Array) -> Array: ...
     def full_like(self, x: Array, value: Any) -> Array: ...
+
+    def zeros(self, shape: Any, like: Array) -> Array:
+        """Zeros of ``shape`` in ``like``'s dtype and device."""
+
     def bfloat16(self, x: Array) -> Array: ...
 
     def copy(self, x: Array) -> Array:
@@ -59,8 +63,8 @@ class Ops(Protocol):
 
     def mean(self, x: Array, axis: Any = None, keepdims: bool = False) -> Array: ...
 
-    def sum(self, x: Array) -> Array:
-        """The sum of all elements, a 0-d array of x's dtype."""
+    def sum(self, x: Array, axis: Any = None) -> Array:
+        """The sum of all elements (a 0-d array of x's dtype), or along ``axis``."""
 
     def astype(self, x: Array, dtype: str) -> Array:
         """``x`` in the dtype named ``dtype`` ("float32")."""
@@ -74,6 +78,36 @@ class Ops(Protocol):
         """beta * x + alpha * (m1 @ m2), rounded once to x's dtype."""
 
     def concat(self, arrays: Any) -> Array: ...
+
+    def tensordot(self, x: Array, y: Array, axes: Any) -> Array:
+        """The sum of products over ``x``'s axes ``axes[0]`` and ``y``'s ``axes[1]`` (torch's ``dims``)."""
+
+    def eigh(self, x: Array) -> tuple[Array, Array]:
+        """(eigenvalues ascending, eigenvectors as columns) of a symmetric matrix, read from its lower triangle."""
+
+    def qr(self, x: Array) -> tuple[Array, Array]:
+        """The reduced QR decomposition ``(q, r)`` (LAPACK's Householder signs)."""
+
+    def eye_like(self, x: Array) -> Array:
+        """The identity matrix of square ``x``'s size, dtype and device."""
+
+    def argsort(self, x: Array, descending: bool = False) -> Array: ...
+
+    def take(self, x: Array, indices: Array, axis: int) -> Array:
+        """``x``'s slices at ``indices`` along ``axis`` (torch's ``index_select``)."""
+
+    def flip(self, x: Array, axis: int) -> Array: ...
+
+    def permute(self, x: Array, axes: Any) -> Array:
+        """``x`` with its axes reordered: axis ``i`` of the result is ``x``'s axis ``axes[i]``."""
+
+    # -- control flow ------------------------------------------------------------------------
+    def cond(self, predicate: Any, if_true: Any, if_false: Any) -> Any:
+        """``if_true()`` or ``if_false()`` (functions of no arguments returning arrays of one structure).
+
+        A host bool decides on the host; a traced one compiles both and runs one, so an
+        expensive branch taken every few steps (an eigendecomposition) costs only then.
+        """
 
     def scalar(self, x: Array) -> Any:
         """A 0-d array as a host number, as torch.optim's ``.item()`` reads it."""

@@ -8,7 +8,7 @@ to a parameter or a state tensor sees it change.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -235,18 +235,33 @@ def _write_state(held: dict, new_state: Mapping) -> None:
         current = held.get(key)
         if current is value:
             continue
-        if (
-            isinstance(current, torch.Tensor)
-            and isinstance(value, torch.Tensor)
-            and current.shape == value.shape
-            and current.layout == value.layout == torch.strided
-        ):
+        if _fits(current, value):
             current.copy_(value)
-        elif isinstance(value, torch.Tensor):
+        elif isinstance(current, list) and isinstance(value, list) and len(current) == len(value):
+            # A list of arrays (SOAP's statistics): each kept in place where it fits.
+            held[key] = [c.copy_(v) if _fits(c, v) else _owned(v) for c, v in zip(current, value)]
+        elif isinstance(value, (torch.Tensor, list)):
             # A new entry may be the gradient itself (SGD's first momentum buffer): own a copy.
-            held[key] = value.detach().clone()
+            held[key] = _owned(value)
         else:
             held[key] = value
+
+
+def _fits(current: Any, value: Any) -> TypeGuard[torch.Tensor]:
+    """Whether ``value`` can be copied into the tensor ``current``."""
+    return (
+        isinstance(current, torch.Tensor)
+        and isinstance(value, torch.Tensor)
+        and current.shape == value.shape
+        and current.layout == value.layout == torch.strided
+    )
+
+
+def _owned(value: Any) -> Any:
+    """A tensor (or a list of them) as a copy of its own, outside autograd's graph."""
+    if isinstance(value, list):
+        return [_owned(item) for item in value]
+    return value.detach().clone()
 
 
 BACKEND = TorchBackend()

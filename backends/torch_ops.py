@@ -84,8 +84,8 @@ class TorchOps:
         return torch.mean(x, dim=axis, keepdim=keepdims)
 
     @staticmethod
-    def sum(x):
-        return torch.sum(x)
+    def sum(x, axis=None):
+        return torch.sum(x) if axis is None else torch.sum(x, dim=axis)
 
     @staticmethod
     def astype(x, dtype):
@@ -106,6 +106,44 @@ class TorchOps:
         return x.item()
 
     concat = staticmethod(torch.cat)
+
+    @staticmethod
+    def tensordot(x, y, axes):
+        return torch.tensordot(x, y, dims=[list(axes[0]), list(axes[1])])
+
+    @staticmethod
+    def eigh(x):
+        return tuple(torch.linalg.eigh(x))
+
+    @staticmethod
+    def qr(x):
+        return tuple(torch.linalg.qr(x))
+
+    @staticmethod
+    def eye_like(x):
+        return torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
+
+    @staticmethod
+    def argsort(x, descending=False):
+        return torch.argsort(x, descending=descending)
+
+    @staticmethod
+    def take(x, indices, axis):
+        return torch.index_select(x, axis, indices)
+
+    @staticmethod
+    def flip(x, axis):
+        return torch.flip(x, dims=[axis])
+
+    @staticmethod
+    def permute(x, axes):
+        return torch.permute(x, tuple(axes))
+
+    @staticmethod
+    def cond(predicate, if_true, if_false):
+        """On the host: a bool, or a 0-d tensor read back (a device sync)."""
+        return if_true() if bool(predicate) else if_false()
+
     dot = staticmethod(torch.dot)  # of two vectors, a 0-d array
 
     @staticmethod
@@ -126,6 +164,10 @@ class TorchOps:
     @staticmethod
     def zeros_like(x):
         return torch.zeros_like(x, memory_format=torch.preserve_format)
+
+    @staticmethod
+    def zeros(shape, like):
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
     @staticmethod
     def full_like(x, value):

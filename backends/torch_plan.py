@@ -276,6 +276,8 @@ def is_elementwise(rule: Rule, param: Any, held: dict, values: dict, compute: to
     """Whether the rule, under these values of ``h``, is elementwise over ``param`` stepped in
     ``compute`` (None: its own dtype), i.e. it traces into a plan: then any flat view of its
     arrays, or a bucket of several, steps the same."""
+    if not _flat_state(held):
+        return False
     layout = Bucket.layout_of(rule, param, held)
     if compute is not None:
         layout = (layout[0], compute, compute, *layout[3:])
@@ -298,6 +300,11 @@ def is_number(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.dim() == 0
     return not _is_switch(value) and isinstance(value, (int, float, np.number))
+
+
+def _flat_state(held: dict | None) -> bool:
+    """Whether a parameter's state holds no lists of arrays (SOAP's statistics), which plans do not take."""
+    return not any(isinstance(value, list) for value in (held or {}).values())
 
 
 def state_keys(rule: Rule, held: dict | None) -> tuple:
@@ -390,6 +397,8 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     mode = "foreach" if foreach else "each"
     left: list = []
     planned = params
+    if not _flat_state(state.get(params[0])):  # a rule keeps lists in every parameter's state or in none
+        return params
     if rule.state_dtype or any(map(_IS_SPARSE, map(_GRAD, params))):
         unplannable = {p for p in params if p.grad.is_sparse or compute_dtype(backend, rule, p)}
         planned, left = [p for p in params if p not in unplannable], [p for p in params if p in unplannable]

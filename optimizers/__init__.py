@@ -23,6 +23,7 @@ from .prodigy import Prodigy
 from .rprop import Rprop
 from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import ASGD, SGD
+from .soap import SOAP
 from .sparse_adam import SparseAdam
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "SGD",
+    "SOAP",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
     "SparseAdam",

@@ -109,15 +109,40 @@ def _check_loaded_state(optimizer: Any, saved_id: Any, entry: Any, param: Any, h
             if not _is_number(saved):
                 raise ValueError(f"{where} has {key!r} = {saved!r}, which is not a number")
             continue
-        shape = tuple(expected[key].shape) if key in expected else optimizer._lazy_state_shape(key, value)
-        if shape is None:
-            continue
-        if not hasattr(saved, "__dlpack__") or not hasattr(saved, "shape"):
-            raise ValueError(f"{where} has {key!r} of type {type(saved).__name__}, not an array")
-        if tuple(saved.shape) != shape and not (key in optimizer.scalar_state_entries and not saved.shape):
-            raise ValueError(f"{where} has {key!r} of shape {tuple(saved.shape)}, expected {shape}")
-        if not _is_numeric_array(saved):
-            raise ValueError(f"{where} has {key!r} of dtype {saved.dtype}, which is not numeric")
+        shape = _shape_of(expected[key]) if key in expected else optimizer._lazy_state_shape(key, value, h)
+        if isinstance(shape, list):  # a list of arrays (SOAP's statistics), None for an empty list
+            if not isinstance(saved, (list, tuple)) or len(saved) != len(shape):
+                raise ValueError(f"{where} has {key!r} = {_described(saved)}, expected a list of {len(shape)}")
+            for position, (item, item_shape) in enumerate(zip(saved, shape)):
+                if item_shape is None:
+                    if not (isinstance(item, (list, tuple)) and not item):
+                        raise ValueError(f"{where} has {key!r}[{position}] = {_described(item)}, expected []")
+                else:
+                    _check_array(optimizer, f"{where} has {key!r}[{position}]", key, item, item_shape)
+        elif shape is not None:
+            _check_array(optimizer, f"{where} has {key!r}", key, saved, shape)
+
+
+def _shape_of(array: Any) -> tuple | list:
+    """What a state entry the optimizer creates looks like: an array's shape, or a list's shapes."""
+    if isinstance(array, list):
+        return [None if isinstance(item, list) else tuple(item.shape) for item in array]
+    return tuple(array.shape)
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    return f"an array of shape {tuple(value.shape)}" if hasattr(value, "shape") else type(value).__name__
+
+
+def _check_array(optimizer: Any, where: str, key: str, saved: Any, shape: tuple) -> None:
+    if not hasattr(saved, "__dlpack__") or not hasattr(saved, "shape"):
+        raise ValueError(f"{where} of type {type(saved).__name__}, not an array")
+    if tuple(saved.shape) != shape and not (key in optimizer.scalar_state_entries and not saved.shape):
+        raise ValueError(f"{where} of shape {tuple(saved.shape)}, expected {shape}")
+    if not _is_numeric_array(saved):
+        raise ValueError(f"{where} of dtype {saved.dtype}, which is not numeric")
 
 
 def _check_hyperparameters(index: int, group: dict[str, Any], saved: Mapping[str, Any]) -> None:

@@ -67,7 +67,7 @@ class LBFGS(Optimizer):
 
     # -- the parameters as one vector ----------------------------------------------
 
-    def _lazy_state_shape(self, key: str, value: Any) -> tuple | None:
+    def _lazy_state_shape(self, key: str, value: Any, h: Any) -> tuple | None:
         # The direction and last gradient are flat vectors over all parameters (complex as
         # real pairs); the history lists and scalars have no fixed shape.
         if key not in ("d", "prev_flat_grad"):

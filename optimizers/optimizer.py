@@ -205,6 +205,11 @@ class Optimizer(torch.optim.Optimizer):
     #: load, and ``load_state_dict()`` reads None as absent.
     unused_state_as_none: tuple[str, ...] = ()
 
+    #: ``options_in_state(group) -> dict``, or None: group options the reference also keeps in each
+    #: parameter's state (SOAP's ``precondition_frequency``): ``state_dict()`` writes them there,
+    #: for the reference to load, and ``load_state_dict()`` leaves them out (the groups hold them).
+    options_in_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
     #: State entries a reference may save as a 0-d array that the rule broadcasts (Prodigy's
     #: ``p0`` of an all-zero parameter): loaded as they are.
     scalar_state_entries: tuple[str, ...] = ()
@@ -525,8 +530,13 @@ class Optimizer(torch.optim.Optimizer):
             for g in self.param_groups
         ]
         unused = dict.fromkeys(self.unused_state_as_none)
+        copied = {}
+        if self.options_in_state is not None:
+            copied = {id(p): self.options_in_state(g) for g in self.param_groups for p in g["params"]}
         packed_state = {
-            index.get(id(param), param): {**unused, **value} if unused and value else value
+            index.get(id(param), param): {**unused, **value, **copied.get(id(param), {})}
+            if value and (unused or copied)
+            else value
             for param, value in self.state.items()
         }
         state_dict = {"state": packed_state, "param_groups": packed_groups}
@@ -556,9 +566,9 @@ class Optimizer(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         saved_state = state_dict.get("state")
-        if self.unused_state_as_none and isinstance(saved_state, Mapping):
+        if (self.unused_state_as_none or self.options_in_state) and isinstance(saved_state, Mapping):
             state_dict["state"] = {
-                index: {k: v for k, v in entry.items() if v is not None or k not in self.unused_state_as_none}
+                index: {k: v for k, v in entry.items() if not self._kept_outside_state(k, v)}
                 if isinstance(entry, Mapping)
                 else entry
                 for index, entry in saved_state.items()
@@ -569,8 +579,16 @@ class Optimizer(torch.optim.Optimizer):
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
-    def _lazy_state_shape(self, key: str, value: Any) -> tuple | None:
-        """The shape of a state entry a rule creates during a step (SGD's momentum buffer)."""
+    def _kept_outside_state(self, key: str, value: Any) -> bool:
+        """Whether a saved state entry is one the reference writes and this optimizer keeps elsewhere."""
+        if value is None and key in self.unused_state_as_none:
+            return True
+        return self.options_in_state is not None and key in self.options_in_state(self.defaults)
+
+    def _lazy_state_shape(self, key: str, value: Any, h: Any) -> tuple | list | None:
+        """The shape of a state entry a rule creates during a step (SGD's momentum buffer), for the
+        parameter ``value`` in a group whose scalars are ``h``; a list of shapes (None for an empty
+        list) for an entry that is a list of arrays; None if it has no fixed shape."""
         return tuple(value.shape)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 import backends
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "check_fused",
     "check_nonnegative",
     "check_sgd_options",
+    "linalg_error",
     "state_dtype_name",
     "with_torch_truth_error",
 ]
@@ -95,3 +98,9 @@ def state_dtype_name(dtype: Any) -> str | None:
     if name not in ("float32", "float64"):
         raise TypeError(f"state_dtype must be float32, float64 or None (the parameter's dtype), but got {dtype!r}")
     return name
+
+
+def linalg_error(message: str) -> Exception:
+    """torch's error for a failed decomposition (``torch.linalg.LinAlgError``), raised where the
+    reference's ``torch.linalg`` call would raise it, on either backend."""
+    return torch.linalg.LinAlgError(message)

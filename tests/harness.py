@@ -12,6 +12,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -27,6 +28,14 @@ def to_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().numpy().copy()
     return np.array(value)
+
+
+def _flat_entries(key: str, value):
+    if isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from _flat_entries(f"{key}[{position}]", item)
+    else:
+        yield key, to_numpy(value)
 
 
 class FunctionalRun(testing.Run):
@@ -96,9 +105,10 @@ class Run:
         return self.run.values()
 
     def state(self) -> dict[int, dict[str, np.ndarray]]:
-        """Per-leaf state as NumPy arrays (state_dict indices are leaf indices: groups are contiguous)."""
+        """Per-leaf state as NumPy arrays (state_dict indices are leaf indices: groups are contiguous);
+        an entry that is a list of arrays (SOAP's ``GG``) as one entry per array (``GG[0]``, ...)."""
         return {
-            index: {key: to_numpy(value) for key, value in entry.items()}
+            index: dict(item for key, value in entry.items() for item in _flat_entries(key, value))
             for index, entry in self.optimizer.state_dict()["state"].items()
         }
 
@@ -115,11 +125,9 @@ class Run:
         state_dict = self.optimizer.state_dict()
         if self.backend == "jax":
             return {
-                # None: an entry the reference writes as None (AdEMAMix's unused exp_avg_fast)
-                "state": {
-                    k: {n: None if v is None else np.array(v) for n, v in s.items()}
-                    for k, s in state_dict["state"].items()
-                },
+                # None: an entry the reference writes as None (AdEMAMix's unused exp_avg_fast),
+                # kept so by tree_map, as lists of arrays (SOAP's statistics) are kept lists.
+                "state": {k: jax.tree_util.tree_map(np.array, s) for k, s in state_dict["state"].items()},
                 "param_groups": [dict(g) for g in state_dict["param_groups"]],
             }
         buffer = io.BytesIO()

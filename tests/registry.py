@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import lion_pytorch
 import prodigyopt
+import pytorch_optimizer
 import schedulefree
 import torch
 from hypothesis import strategies as st
@@ -564,6 +565,35 @@ def prodigy_hyperparameters(draw) -> dict:
     )
 
 
+@st.composite
+def soap_hyperparameters(draw) -> dict:
+    # The reference's merge_dims raises for a tensor that merges into one dimension (see SOAP's
+    # docstring); with max_precondition_dim=1 no shape of SOAP_SHAPES does.
+    merge_dims = draw(st.booleans())
+    return dict(
+        lr=draw(small_floats(0.0, 0.1)),
+        betas=(draw(BETA1), draw(BETA2)),
+        shampoo_beta=draw(st.one_of(st.none(), small_floats(0.0, 0.99))),
+        weight_decay=draw(optional(small_floats(0.0, 0.1))),
+        precondition_frequency=draw(st.integers(1, 4)),
+        max_precondition_dim=1 if merge_dims else draw(st.sampled_from([10000, 3, 1])),
+        merge_dims=merge_dims,
+        precondition_1d=draw(st.booleans()),
+        correct_bias=draw(st.booleans()),
+        normalize_gradient=draw(st.booleans()),
+        data_format=draw(st.sampled_from(["channels_first", "channels_last"])),
+        eps=draw(EPS),
+        maximize=draw(st.booleans()),
+    )
+
+
+# SOAP's bases are eigenvectors, which LAPACK builds choose differently within a repeated
+# eigenvalue's eigenspace, and the update depends on that choice (see SOAP's docstring).  A
+# statistic starts from one gradient, so a dimension of size d has d - rank zero eigenvalues:
+# these shapes keep it to one (a 1-D statistic, from precondition_1d, has rank 1: size 2 at most).
+# (0,) is left out: merged, it is one of the reference's crashing tensors.
+SOAP_SHAPES = st.sampled_from([(), (1,), (2,), (3, 4), (4, 3), (2, 1, 3), (4, 0)])
+
 # Their own files: tests/test_beyond_torch_optim.py (and, for these, REGISTRY's properties through
 # tests/test_properties.py).  Each takes real, dense parameters; none takes a tensor lr in its
 # reference's every path.
@@ -662,6 +692,24 @@ BEYOND_TORCH_OPTIM = {
             across_frameworks={"float64": 1e-10, "float32": 1e-3},
             reference_class=prodigyopt.Prodigy,
             fixed_options=("fsdp_in_use",),
+        ),
+        Entry(
+            "SOAP",
+            soap_hyperparameters(),
+            dict(lr=1e-2, precondition_frequency=3, precondition_1d=True, normalize_gradient=True),
+            complex=False,
+            elementwise=False,
+            # The reference multiplies a tensor lr in place by the bias correction at every step.
+            tensor_lr=False,
+            shapes=SOAP_SHAPES,
+            # Gradients near 1e-20 have float32 products that XLA's CPU code flushes to zero: a
+            # statistic of zeros, whose eigenvectors are any basis.
+            magnitudes=("zeros", "ordinary", "large"),
+            # The basis refresh's QR runs in float32 (as the reference runs it), where two LAPACKs
+            # differ by an ulp: float64 agrees to float32's precision from the first refresh on
+            # (measured over 150 generated cases: 9.4e-7 in float64, 7.4e-7 in float32).
+            across_frameworks={"float64": 1e-5, "float32": 1e-5},
+            reference_class=pytorch_optimizer.SOAP,
         ),
     ]
 }

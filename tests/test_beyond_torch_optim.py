@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optimizers
+from backends.torch_ops import TorchOps
 from optimizers import testing
 
 from .harness import Functional
@@ -30,10 +31,12 @@ from .strategies import problems
 
 REFERENCES = {name: entry.reference for name, entry in BEYOND_TORCH_OPTIM.items()}
 OPTIONS = {name: entry.hyperparameters for name, entry in BEYOND_TORCH_OPTIM.items()}
-PROBLEMS = {name: dict(magnitudes=entry.magnitudes) for name, entry in BEYOND_TORCH_OPTIM.items()}
+PROBLEMS = {name: entry.problem_options for name, entry in BEYOND_TORCH_OPTIM.items()}
 # timm's classes have a multi-tensor path of their own (Lamb's folds its bias corrections):
 # our foreach follows it.
 TAKES_FOREACH = {"Lamb", "Lars"}
+# SOAP's step is linear algebra per parameter: it has no multi-tensor path, here or there.
+PATHS = [(name, foreach) for name in sorted(REFERENCES) for foreach in [False, True] if name != "SOAP" or not foreach]
 
 
 def grouped(leaves, problem):
@@ -45,8 +48,7 @@ def torch_side(cls, problem, options, eval_params=False, **ours):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("name, foreach", PATHS)
 @settings(deadline=None)
 @given(data=st.data())
 def test_the_torch_backend_is_the_reference_bit_for_bit(name, foreach, dtype, data):
@@ -54,10 +56,11 @@ def test_the_torch_backend_is_the_reference_bit_for_bit(name, foreach, dtype, da
     options = data.draw(OPTIONS[name])
     ours, theirs = getattr(optimizers, name), REFERENCES[name]
     reference_mode = dict(foreach=foreach) if name in TAKES_FOREACH else {}
+    mode = dict(foreach=foreach) if name != "SOAP" else {}
     # Schedule-Free: the averaged point x too, which eval() shows.
     for eval_params in [False, True] if name.startswith("ScheduleFree") else [False]:
         testing.assert_agree(
-            torch_side(ours, problem, options, eval_params, foreach=foreach),
+            torch_side(ours, problem, options, eval_params, **mode),
             torch_side(theirs, problem, options, eval_params, **reference_mode),
             problem=problem,
             dtype=dtype,
@@ -245,6 +248,10 @@ def test_the_class_form_and_fused_steps(name):
         ("Prodigy", dict(d0=0.0), "Invalid d0 value: 0.0"),
         ("Prodigy", dict(slice_p=0), "Invalid slice_p value: 0"),
         ("Prodigy", dict(fsdp_in_use=True), "fsdp_in_use=True"),
+        ("SOAP", dict(precondition_frequency=0), "Invalid precondition_frequency: 0"),
+        ("SOAP", dict(max_precondition_dim=2.5), "Invalid max_precondition_dim: 2.5"),
+        ("SOAP", dict(shampoo_beta=1.0), "Invalid shampoo_beta: 1.0"),
+        ("SOAP", dict(data_format="NHWC"), "Invalid data_format: 'NHWC'"),
     ],
 )
 def test_bad_hyperparameters_are_named(name, options, message):
@@ -360,3 +367,110 @@ def test_prodigy_estimates_d_over_every_group_and_refuses_unequal_rates_before_s
     with pytest.raises(RuntimeError, match="different lr values"):
         mixed.step()
     assert not mixed.state and [g["k"] for g in mixed.param_groups] == [0, 0]
+
+
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_soap_merges_dimensions_as_the_reference(data_format):
+    """Merged shapes ((2, 3, 4, 5) -> (6, 4, 5); as NCHW from NHWC, (10, 12)), with statistics
+    for the dimensions up to max_precondition_dim and none above it, refreshed every 2 steps."""
+    problem = testing.quadratic(shapes=[(2, 3, 4, 5), (4, 6), (3, 5, 2, 2)], seed=1)
+    options = dict(lr=1e-2, merge_dims=True, max_precondition_dim=12, precondition_frequency=2, data_format=data_format)
+    ours, theirs = ours_on_torch(optimizers.SOAP, **options), ours_on_torch(REFERENCES["SOAP"], **options)
+    testing.assert_agree(ours, theirs, problem=problem, steps=12, rtol=0)
+
+
+def test_soap_merges_a_small_tensor_into_one_dimension_where_the_reference_raises():
+    """The reference merges a tensor of at most max_precondition_dim elements into shape [1] and
+    raises; here it is one dimension of all its elements: the reference's own step for that
+    tensor flattened, preconditioned as a vector."""
+    rng = np.random.default_rng(4)
+    start, rows = rng.standard_normal((3, 4)), [[rng.standard_normal((3, 4))] for _ in range(8)]
+    options = dict(lr=1e-2, precondition_frequency=2)
+    with pytest.raises(RuntimeError, match=r"shape '\[1\]' is invalid"):
+        testing.trajectory(
+            ours_on_torch(REFERENCES["SOAP"], merge_dims=True, **options), testing.given_gradients([start], rows)
+        )
+    merged = testing.trajectory(
+        ours_on_torch(optimizers.SOAP, merge_dims=True, **options), testing.given_gradients([start], rows)
+    )
+    flat = testing.given_gradients([start.reshape(-1)], [[g.reshape(-1) for g in row] for row in rows])
+    vector = testing.trajectory(ours_on_torch(REFERENCES["SOAP"], precondition_1d=True, **options), flat)
+    for (got,), (expected,) in zip(merged, vector):
+        np.testing.assert_array_equal(got.reshape(-1), expected)
+
+
+def test_soap_steps_alike_whatever_signs_and_order_its_eigenvectors_come_in(monkeypatch):
+    """What the backends' agreement rests on.  Another LAPACK may return each eigenvector negated,
+    or the eigenvalues in another order: the update is invariant to both (the projections negate
+    twice; the refresh sorts the basis by its estimated eigenvalues and its QR does not see a
+    column's sign).  Not to a rotation within a repeated eigenvalue's eigenspace: there the
+    backends differ, as two LAPACK builds running the reference do."""
+    problem = testing.quadratic(shapes=[(4, 3), (2, 3, 4), (3,)], seed=3)
+    options = dict(lr=1e-2, precondition_frequency=3, precondition_1d=True)
+    expected = testing.trajectory(ours_on_torch(optimizers.SOAP, **options), problem, steps=12)
+    generator, eigh = torch.Generator().manual_seed(0), TorchOps.eigh
+
+    def scrambled(matrix):
+        values, vectors = eigh(matrix)
+        order = torch.randperm(len(values), generator=generator)
+        signs = torch.randint(0, 2, (len(values),), generator=generator) * 2 - 1
+        return values[order], vectors[:, order] * signs.to(vectors.dtype)
+
+    monkeypatch.setattr(TorchOps, "eigh", staticmethod(scrambled))
+    got = testing.trajectory(ours_on_torch(optimizers.SOAP, **options), problem, steps=12)
+    for got_values, expected_values in zip(got, expected):
+        for a, b in zip(got_values, expected_values):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_soap_refuses_a_non_finite_first_gradient_before_changing_anything(backend):
+    """The reference's eigendecomposition of a 3 x 3 or larger statistic fails on it (LAPACK
+    solves 2 x 2 ones in closed form, NaN in and out); here the same error comes before any change."""
+    start = [np.ones((3, 2)), np.ones((2, 2))]
+    poisoned = [np.array([[np.nan, 1.0], [1.0, 1.0], [1.0, 1.0]]), np.ones((2, 2))]
+    small_poisoned = [np.ones((3, 2)), np.full((2, 2), np.nan)]
+
+    def step(optimizer, leaves, grads):
+        if backend == "jax" and not isinstance(optimizer, REFERENCES["SOAP"]):
+            return optimizer.step(list(map(jnp.asarray, grads)))
+        for leaf, grad in zip(leaves, grads):
+            leaf.grad = torch.tensor(grad)
+        return optimizer.step()
+
+    def fresh(cls):
+        on_torch = backend == "torch" or cls is REFERENCES["SOAP"]
+        leaves = [torch.tensor(v, requires_grad=True) for v in start] if on_torch else list(map(jnp.asarray, start))
+        return cls(leaves), leaves
+
+    reference, leaves = fresh(REFERENCES["SOAP"])
+    with pytest.raises(torch.linalg.LinAlgError):
+        step(reference, leaves, poisoned)
+    ours, leaves = fresh(optimizers.SOAP)
+    with pytest.raises(torch.linalg.LinAlgError, match=r"parameter 0 \(shape \(3, 2\)\)"):
+        step(ours, leaves, poisoned)
+    assert not ours.state and ours.param_groups[0]["step"] == 0
+    for value, expected in zip(ours.params, start):
+        np.testing.assert_array_equal(np.asarray(value.detach() if backend == "torch" else value), expected)
+    for cls in (REFERENCES["SOAP"], optimizers.SOAP):
+        optimizer, leaves = fresh(cls)
+        step(optimizer, leaves, small_poisoned)  # no error: NaN flows on, in both
+
+
+def test_soap_checkpoints_are_checked_matrix_by_matrix():
+    param = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    soap = optimizers.SOAP([param])
+    param.grad = torch.randn(4, 3, dtype=torch.float64)
+    soap.step()
+    saved = soap.state_dict()
+    assert saved["state"][0]["precondition_frequency"] == 10 and saved["state"][0]["shampoo_beta"] == 0.95
+    missing = copy.deepcopy(saved)
+    missing["state"][0]["Q"] = missing["state"][0]["Q"][:1]
+    with pytest.raises(ValueError, match="has 'Q' = a list of 1, expected a list of 2"):
+        soap.load_state_dict(missing)
+    misshapen = copy.deepcopy(saved)
+    misshapen["state"][0]["GG"][1] = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"has 'GG'\[1\] of shape \(2, 2\), expected \(3, 3\)"):
+        soap.load_state_dict(misshapen)
+    soap.load_state_dict(saved)  # and the options the reference keeps in the state stay out of it
+    assert set(soap.state[param]) == {"exp_avg", "exp_avg_sq", "GG", "Q"}

@@ -260,7 +260,7 @@ def test_every_option_is_generated(entry):
     """Each hyperparameter of the reference's signature leaves its default in some generated case."""
     signature = inspect.signature(entry.reference.__init__).parameters
     fixed = IMPLEMENTATION_FLAGS | set(entry.fixed_options)
-    options = {name: p.default for name, p in signature.items() if name not in fixed}
+    options = {name: p.default for name, p in signature.items() if name not in fixed and p.kind != p.VAR_KEYWORD}
     moved = set()
 
     @settings(max_examples=60, derandomize=True, database=None)
@@ -327,7 +327,13 @@ def test_nonfinite_gradients_flow_as_in_torch_optim_by_default(entry, data):
     """Without the option, NaN and inf propagate where torch.optim propagates them, on both backends."""
     problem, kwargs = draw_case(data, entry, "float64")
     poisoned_problem, _ = poison(data, problem)
-    expected = trajectory(entry, "torch.optim", poisoned_problem, kwargs)
+    try:
+        expected = trajectory(entry, "torch.optim", poisoned_problem, kwargs)
+    except RuntimeError as error:  # SOAP's reference: a first gradient's eigendecomposition fails
+        for backend in ("torch", "jax"):
+            with pytest.raises(type(error)):
+                trajectory(entry, backend, poisoned_problem, kwargs)
+        return
     for backend in ("torch", "jax"):
         got = trajectory(entry, backend, poisoned_problem, kwargs)
         for step, (got_values, expected_values) in enumerate(zip(got, expected)):

@@ -33,6 +33,7 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "Lamb": ("Lamb", {}),
     "Lars": ("Lars", {"momentum": 0.9}),
     "Prodigy": ("Prodigy", {}),
+    "SOAP": ("SOAP", {"precondition_1d": True}),
 }
 
 IMPLEMENTATIONS = ("torch.optim", "torch", "jax")
