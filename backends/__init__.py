@@ -341,5 +341,9 @@ def _leaves(tree: Any):
     elif isinstance(tree, (list, tuple)):
         for item in tree:
             yield from _leaves(item)
+    elif "jax" in sys.modules:
+        # Any other registered pytree node (a Flax nnx.Variable, an equinox module, a dataclass
+        # registered with JAX) holds its arrays where JAX's own tree utilities find them.
+        yield from sys.modules["jax"].tree_util.tree_leaves(tree)
     else:
         yield tree

@@ -192,6 +192,10 @@ class TorchBackend:
         loop does (as torch.optim's compiled step does).
         """
         compiling = torch.compiler.is_compiling()
+        # A differentiable step (torch.optim's differentiable=True) records the rule for autograd,
+        # which may keep the old parameter and state for its backward (the old maximum of
+        # amsgrad, a norm): the rule reads copies, so writing the results in place keeps them.
+        recorded = torch.is_grad_enabled()
         schedules: dict[tuple, tuple[Any, dict]] = {}  # parameters usually share their counters
         for param in params:
             held = state.get(param, {})
@@ -209,6 +213,9 @@ class TorchBackend:
                 param_h, advanced = schedules[key]
             arrays = {k: v for k, v in held.items() if k not in rule.counters}
             value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
+            if recorded:
+                value = value.clone() if value is param else value
+                arrays = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}
             ops = KernelOps if compiling else TorchOps
             new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h, ops)
             if new_param is not param:

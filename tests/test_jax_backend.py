@@ -42,6 +42,36 @@ def test_backend_is_inferred_or_forced():
         optimizers.SGD(tree(), backend="tpu")
 
 
+@jax.tree_util.register_pytree_node_class
+class Module:
+    """A registered pytree node that is neither a dict, a list nor a tuple (as Flax nnx's State and
+    Variables, equinox modules and registered dataclasses are), with a non-array attribute."""
+
+    def __init__(self, weight, bias, name="module"):
+        self.weight, self.bias, self.name = weight, bias, name
+
+    def tree_flatten(self):
+        return (self.weight, self.bias), self.name
+
+    @classmethod
+    def tree_unflatten(cls, name, children):
+        return cls(*children, name=name)
+
+
+def test_the_backend_is_inferred_from_the_arrays_a_registered_pytree_node_holds():
+    """Backend inference once looked inside dicts, lists and tuples only: such a tree went to the
+    torch backend, which refused its non-tensor attribute."""
+    module = Module(jnp.ones((2, 3)), jnp.zeros(3))
+    for params in (module, {"encoder": module}, [module]):
+        opt = optimizers.AdamW(params, lr=0.1)
+        assert opt.backend == "jax"
+        opt.step(ones_like(params))
+    stepped = optimizers.AdamW(module, lr=0.1)
+    stepped.step(ones_like(module))
+    assert isinstance(stepped.params, Module) and stepped.params.name == "module"
+    np.testing.assert_allclose(stepped.params.weight, 1.0 - 0.1 - 0.1 * 0.01, rtol=1e-6)
+
+
 def test_non_array_leaves_are_named():
     with pytest.raises(TypeError, match=r"parameter at \['b'\] is builtins.str"):
         optimizers.SGD({"a": jnp.ones(2), "b": "oops"}, backend="jax")
