@@ -326,24 +326,30 @@ def infer(params: Any) -> str | None:
 
     A JAX array can only exist once ``jax`` is imported, so inference never imports it.
     """
-    for leaf in _leaves(params):
-        if "torch" in sys.modules and isinstance(leaf, sys.modules["torch"].Tensor):
+    torch, jax = _imported("torch"), _imported("jax")
+    for leaf in _leaves(params, jax):
+        if torch is not None and isinstance(leaf, torch.Tensor):
             return "torch"
-        if "jax" in sys.modules and isinstance(leaf, sys.modules["jax"].Array):
+        if jax is not None and isinstance(leaf, jax.Array):
             return "jax"
     return None
 
 
-def _leaves(tree: Any):
+def _imported(module: str) -> Any:
+    """The module if it is imported (None if not, or if a test made it unimportable)."""
+    return sys.modules.get(module)
+
+
+def _leaves(tree: Any, jax: Any):
     if isinstance(tree, Mapping):
         # A param-group dict: its parameters decide, not a tensor-valued hyperparameter.
-        yield from _leaves(tree["params"] if "params" in tree else list(tree.values()))
+        yield from _leaves(tree["params"] if "params" in tree else list(tree.values()), jax)
     elif isinstance(tree, (list, tuple)):
         for item in tree:
-            yield from _leaves(item)
-    elif "jax" in sys.modules:
+            yield from _leaves(item, jax)
+    elif jax is not None:
         # Any other registered pytree node (a Flax nnx.Variable, an equinox module, a dataclass
         # registered with JAX) holds its arrays where JAX's own tree utilities find them.
-        yield from sys.modules["jax"].tree_util.tree_leaves(tree)
+        yield from jax.tree_util.tree_leaves(tree)
     else:
         yield tree

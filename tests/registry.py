@@ -110,6 +110,10 @@ class Entry:
     # and torch keeps -- turns the comparison of two frameworks into a comparison of
     # their handling of zero.  Their problems keep gradients at ordinary magnitudes.
     magnitudes: tuple[str, ...] = tuple(MAGNITUDES)
+    # Parameters per generated problem.  A rule that sees one parameter at a time needs two to
+    # show groups, missing gradients and independence; SOAP's each add eigendecompositions to
+    # every compiled program (CI time).
+    max_params: int = 4
 
     @property
     def problem_options(self) -> dict:
@@ -117,7 +121,7 @@ class Entry:
             shapes = self.shapes
         else:
             shapes = MATRIX_SHAPES if self.matrices_only else SHAPES
-        return dict(shapes=shapes, magnitudes=self.magnitudes)
+        return dict(shapes=shapes, magnitudes=self.magnitudes, max_params=self.max_params)
 
     @property
     def steps_on_given_gradients(self) -> bool:
@@ -702,6 +706,7 @@ BEYOND_TORCH_OPTIM = {
             # The reference multiplies a tensor lr in place by the bias correction at every step.
             tensor_lr=False,
             shapes=SOAP_SHAPES,
+            max_params=2,
             # Gradients near 1e-20 have float32 products that XLA's CPU code flushes to zero: a
             # statistic of zeros, whose eigenvectors are any basis.
             magnitudes=("zeros", "ordinary", "large"),
