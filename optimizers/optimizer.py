@@ -532,7 +532,9 @@ class Optimizer(torch.optim.Optimizer):
         unused = dict.fromkeys(self.unused_state_as_none)
         copied = {}
         if self.options_in_state is not None:
-            copied = {id(p): self.options_in_state(g) for g in self.param_groups for p in g["params"]}
+            for group in self.param_groups:
+                options = self.options_in_state(group)
+                copied.update(dict.fromkeys(map(id, group["params"]), options))
         packed_state = {
             index.get(id(param), param): {**unused, **value, **copied.get(id(param), {})}
             if value and (unused or copied)
