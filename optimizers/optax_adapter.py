@@ -27,7 +27,13 @@ from .optimizer import Optimizer
 
 class AdapterState(NamedTuple):
     count: Any  # steps taken, the argument of hyperparameter schedules
-    inner: Any  # the functional form's state: torch.optim's entries per leaf
+    # torch.optim's state entries laid out as optax lays out its own (``mu``, ``nu``): one
+    # tree shaped like the parameters per entry, ``{"exp_avg": tree, "step": tree}``; a
+    # list entry's matrices are ``GG.0``, ``GG.1``; where a leaf has no such entry, an empty
+    # placeholder array.  Arrays, never dicts, sit where the parameters' leaves are, so
+    # frameworks that wrap those places (Flax nnx's variables) store the state back
+    # unchanged and the step compiles once.
+    inner: Any
 
 
 def as_optax(optimizer: Optimizer | type[Optimizer], **hyperparameters: Any) -> Any:
@@ -46,8 +52,10 @@ def as_optax(optimizer: Optimizer | type[Optimizer], **hyperparameters: Any) -> 
     import optax
 
     if isinstance(optimizer, type):
-        constructor = {k: v for k, v in hyperparameters.items() if not callable(v)}
-        hyperparameters = {k: v for k, v in hyperparameters.items() if callable(v)}
+        # Numbers go to the constructor, which validates them; schedules and arrays (what
+        # optax.inject_hyperparams passes, traced inside the user's jit) are data.
+        constructor = {k: v for k, v in hyperparameters.items() if not (callable(v) or isinstance(v, jax.Array))}
+        hyperparameters = {k: v for k, v in hyperparameters.items() if k not in constructor}
         form = optimizer.functional(**constructor)
     else:
         form = optimizer.functional()
@@ -59,15 +67,61 @@ def as_optax(optimizer: Optimizer | type[Optimizer], **hyperparameters: Any) -> 
             f"choose from {', '.join(sorted(form.hyperparams))}"
         )
 
+    layouts: dict[tuple, list] = {}
+
     def init(params: Any) -> AdapterState:
-        return AdapterState(jnp.zeros([], jnp.int32), form.init(params))
+        structure = jax.tree_util.tree_structure(params)
+        return AdapterState(jnp.zeros([], jnp.int32), _by_entry(structure, form.init(params)))
 
     def update(updates: Any, state: AdapterState, params: Any = None) -> tuple[Any, AdapterState]:
         if params is None:
             raise ValueError(f"{name} through as_optax needs params: call update(grads, state, params)")
-        values = {k: form.number(v(state.count)) if callable(v) else v for k, v in hyperparameters.items()}
-        new_params, inner = form.update(updates, state.inner, params, values)
+        values = {k: v(state.count) if callable(v) else v for k, v in hyperparameters.items()}
+        values = {k: form.number(v) if isinstance(v, jax.Array) else v for k, v in values.items()}
+        structure: Any = jax.tree_util.tree_structure(params)
+        shapes = (structure, tuple((leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(params)))
+        if shapes not in layouts:  # each leaf's entries, as the functional form lays them out
+            layouts[shapes] = structure.flatten_up_to(jax.eval_shape(form.init, params))
+        new_params, inner = form.update(updates, _by_leaf(structure, layouts[shapes], state.inner), params, values)
         steps = jax.tree_util.tree_map(lambda new, old: new - old, new_params, params)
-        return steps, AdapterState(optax.safe_increment(state.count), inner)
+        return steps, AdapterState(optax.safe_increment(state.count), _by_entry(structure, inner))
 
     return optax.GradientTransformation(init, update)
+
+
+def _entry_name(path: tuple) -> str:
+    return ".".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+
+def _by_entry(structure: Any, state: Any) -> dict[str, Any]:
+    """The functional form's state (a dict of entries per leaf) as one tree per entry."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = [
+        {_entry_name(path): array for path, array in jax.tree_util.tree_flatten_with_path(leaf_state)[0]}
+        for leaf_state in structure.flatten_up_to(state)
+    ]
+    names = sorted({name for entries in leaves for name in entries})
+    # A placeholder per place, never one shared array: a donated state may not hold one buffer twice.
+    return {name: structure.unflatten([entries.get(name, jnp.zeros((0,))) for entries in leaves]) for name in names}
+
+
+def _by_leaf(structure: Any, layout: list, inner: Any) -> Any:
+    """:func:`_by_entry` undone: each leaf's entries as the functional form lays them out (``layout``)."""
+    import jax
+
+    try:
+        columns = {name: structure.flatten_up_to(inner[name]) for name in inner}
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the as_optax state does not match the parameters' tree: {error}") from None
+    leaves = []
+    for i, leaf_layout in enumerate(layout):
+        paths, leaf_structure = jax.tree_util.tree_flatten_with_path(leaf_layout)
+        missing = sorted({_entry_name(path) for path, _ in paths} - set(columns))
+        if missing:
+            raise ValueError(f"the as_optax state has no entry {', '.join(map(repr, missing))}")
+        leaves.append(
+            jax.tree_util.tree_unflatten(leaf_structure, [columns[_entry_name(path)][i] for path, _ in paths])
+        )
+    return structure.unflatten(leaves)

@@ -18,7 +18,7 @@ import torch
 
 import optimizers
 
-from .registry import REGISTRY, Entry
+from .registry import BEYOND_TORCH_OPTIM, REGISTRY, Entry
 
 # The functional form's update takes the dense gradients jax.grad gives, once per step.
 ENTRIES = [entry for entry in REGISTRY.values() if entry.steps_on_given_gradients]
@@ -201,6 +201,26 @@ def test_the_adapter_composes_with_optax_chain_clipping_multisteps_and_schedules
     theirs = optax_run(wrapped(optax.adam(schedule)), data)
     assert_close_trees(ours, theirs, rtol=1e-12)
     assert max(np.max(np.abs(a - b)) for a, b in zip(leaves(ours), leaves(model_params()))) > 1e-3  # it trained
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adafactor", "SOAP"])
+def test_the_adapter_keeps_one_tree_per_state_entry_and_follows_the_object_step(name):
+    """SGD's momentum buffer appears at the first step, Adafactor's entries differ between
+    a matrix and a vector, SOAP's are lists of matrices: each is a tree shaped like the
+    parameters, whose structure no step changes."""
+    entry = {**REGISTRY, **BEYOND_TORCH_OPTIM}[name]
+    tx = optimizers.as_optax(entry.ours(model_params(entry=entry), **entry.options))
+    params = model_params(entry=entry)
+    state = tx.init(params)
+    structure = jax.tree_util.tree_structure(state)
+    data = batches(2)
+    for inputs, targets in data:
+        updates, state = jax.jit(tx.update)(jax.grad(loss_fn)(params, inputs, targets), state, params)
+        params = optax.apply_updates(params, updates)
+        assert jax.tree_util.tree_structure(state) == structure
+    for tree in state.inner.values():
+        assert jax.tree_util.tree_structure(params).flatten_up_to(tree)
+    assert_close_trees(params, object_oriented_run(entry, data, entry.options), rtol=1e-12)
 
 
 def test_the_adapter_names_what_it_does_not_know():
