@@ -153,7 +153,7 @@ class TorchBackend:
         chosen = group.get("foreach")
         if chosen is None:
             chosen = not (group.get("differentiable") or group.get("fused")) and all(
-                type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in _FOREACH_DEVICES for p in params
+                torch_plan.is_plain(p) and p.device.type in _FOREACH_DEVICES for p in params
             )
         # Multi-tensor kernels take dense tensors; torch.optim loops over sparse gradients too.
         return bool(chosen) and not any(p.grad is not None and p.grad.is_sparse for p in params)

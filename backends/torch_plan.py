@@ -399,8 +399,10 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     planned = params
     if not _flat_state(state.get(params[0])):  # a rule keeps lists in every parameter's state or in none
         return params
-    if rule.state_dtype or any(map(_IS_SPARSE, map(_GRAD, params))):
-        unplannable = {p for p in params if p.grad.is_sparse or compute_dtype(backend, rule, p)}
+    if rule.state_dtype or any(map(_IS_SPARSE, map(_GRAD, params))) or not all(map(is_plain, params)):
+        # A tensor subclass (FSDP2's DTensor) runs its own operators, which the plan's
+        # workspaces, plain tensors, would mix with: it steps op by op, as torch.optim's.
+        unplannable = {p for p in params if not is_plain(p) or p.grad.is_sparse or compute_dtype(backend, rule, p)}
         planned, left = [p for p in params if p not in unplannable], [p for p in params if p in unplannable]
     workspaces = memory.setdefault("workspaces", Workspaces())
     for members in by_counters(rule, planned, state):
@@ -510,3 +512,8 @@ def _buckets(rule: Rule, params: list, state: dict, memory: dict) -> list[Bucket
 
 _GRAD, _DTYPE, _SHAPE = operator.attrgetter("grad"), operator.attrgetter("dtype"), operator.attrgetter("shape")
 _IS_SPARSE = operator.attrgetter("is_sparse")
+
+
+def is_plain(tensor: torch.Tensor) -> bool:
+    """A tensor, not a subclass with operators of its own: what torch.optim's multi-tensor paths take."""
+    return type(tensor) in (torch.Tensor, torch.nn.Parameter)

@@ -1,4 +1,5 @@
-"""Worker processes for the multi-process tests: DDP and ZeroRedundancyOptimizer over gloo on 127.0.0.1.
+"""Worker processes for the multi-process tests: DDP, ZeroRedundancyOptimizer and FSDP2 over gloo,
+and the parent's side: starting them, and the single-process run they are held to.
 
 Each worker trains the same small model on its half of one batch, then saves what the
 parent process checks.  Both optimizers run in every worker, so the parent compares
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,6 +45,29 @@ def train(network: torch.nn.Module, optimizer, data, rank: int | None = None) ->
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(network(inputs), targets).backward()
         optimizer.step()
+
+
+def run_workers(worker, out, timeout=180.0) -> None:
+    """Start WORLD_SIZE spawned processes; kill them all if they outlive ``timeout``."""
+    context = torch.multiprocessing.start_processes(
+        worker, args=(str(out),), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{worker.__name__} did not finish in {timeout:.0f} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+
+
+def single_process_reference() -> list[torch.Tensor]:
+    """torch.optim.Adam on the full batches, in one process."""
+    network = model()
+    train(network, torch.optim.Adam(network.parameters(), lr=LR), batches())
+    return [p.detach().clone() for p in network.parameters()]
 
 
 def _join(rank: int, out: str) -> None:
@@ -94,5 +122,26 @@ def zero_worker(rank: int, out: str) -> None:
             train(resumed, resumed_optimizer, data[3:], rank)
             result[f"{name} resumed"] = [p.detach().clone() for p in resumed.module.parameters()]
         torch.save(result, os.path.join(out, f"zero-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp_worker(rank: int, out: str) -> None:
+    """FSDP2: every parameter a DTensor sharded along its first dimension (the second layer's 3 rows
+    unevenly, 2 and 1), gradients reduce-scattered, the optimizer stepping this rank's shard only."""
+    _join(rank, out)
+    try:
+        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+        result = {}
+        for name, cls in (("optimizers", optimizers.Adam), ("torch.optim", torch.optim.Adam)):
+            for foreach in (None, True):
+                network = model()
+                for layer in (network[0], network[2]):
+                    fully_shard(layer, mesh=mesh)
+                fully_shard(network, mesh=mesh)
+                train(network, cls(network.parameters(), lr=LR, foreach=foreach), batches(), rank)
+                # full_tensor() all-gathers the shards: the whole parameter, as every rank sees it.
+                result[f"{name} foreach={foreach}"] = [p.detach().full_tensor() for p in network.parameters()]
+        torch.save(result, os.path.join(out, f"fsdp-{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -157,6 +157,15 @@ def training_step(entry: Entry, optimizer, loss) -> None:
         optimizer.step()
 
 
+def weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_bitwise(ours, reference):
+    for a, b in zip(ours, reference, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), (a - b).abs().max()
+
+
 def raised(call) -> tuple[type, str] | None:
     """The exception ``call()`` raises, as (type, message), or None."""
     try:

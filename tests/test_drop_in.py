@@ -8,15 +8,13 @@ from __future__ import annotations
 import copy
 import inspect
 import pickle
-import time
 import warnings
 
 import pytest
 import torch
-import torch.multiprocessing
 
 from . import distributed
-from .harness import training_step
+from .harness import assert_bitwise, training_step, weights
 from .registry import REGISTRY, Entry
 
 ENTRIES = list(REGISTRY.values())
@@ -57,15 +55,6 @@ def batches(count=6, dtype=torch.float32):
 def train_step(entry: Entry, optimizer, model, inputs, targets) -> None:
     """One step on a batch, its loss computed in float32."""
     training_step(entry, optimizer, lambda: torch.nn.functional.mse_loss(model(inputs).float(), targets.float()))
-
-
-def weights(model) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def assert_bitwise(ours, reference):
-    for a, b in zip(ours, reference, strict=True):
-        assert a.dtype == b.dtype and torch.equal(a, b), (a - b).abs().max()
 
 
 @pytest.mark.parametrize("entry", [entry for entry in LAYERED if entry.param_groups], ids=repr)
@@ -214,32 +203,9 @@ def test_state_dict_hooks_run_and_rewrite_as_in_torch_optim(entry):
     assert ours == reference == (["state_dict pre", "state_dict post", "load pre", "load post"], 0.125, 0.25)
 
 
-def run_workers(worker, out, timeout=180.0) -> None:
-    """Start WORLD_SIZE spawned processes; kill them all if they outlive ``timeout``."""
-    context = torch.multiprocessing.start_processes(
-        worker, args=(str(out),), nprocs=distributed.WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{worker.__name__} did not finish in {timeout:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-
-
-def single_process_reference() -> list[torch.Tensor]:
-    """torch.optim.Adam on the full batches, in one process."""
-    model = distributed.model()
-    distributed.train(model, torch.optim.Adam(model.parameters(), lr=distributed.LR), distributed.batches())
-    return weights(model)
-
-
 def test_distributed_data_parallel_over_gloo_trains_as_one_process(tmp_path):
-    run_workers(distributed.ddp_worker, tmp_path)
-    reference = single_process_reference()
+    distributed.run_workers(distributed.ddp_worker, tmp_path)
+    reference = distributed.single_process_reference()
     ranks = [torch.load(tmp_path / f"ddp-{rank}.pt", weights_only=True) for rank in range(distributed.WORLD_SIZE)]
     for rank in ranks:
         assert_bitwise(rank["optimizers"], rank["torch.optim"])
@@ -250,8 +216,8 @@ def test_distributed_data_parallel_over_gloo_trains_as_one_process(tmp_path):
 
 
 def test_zero_redundancy_optimizer_shards_state_and_checkpoints(tmp_path):
-    run_workers(distributed.zero_worker, tmp_path)
-    reference = single_process_reference()
+    distributed.run_workers(distributed.zero_worker, tmp_path)
+    reference = distributed.single_process_reference()
     ranks = [torch.load(tmp_path / f"zero-{rank}.pt", weights_only=True) for rank in range(distributed.WORLD_SIZE)]
     # The state is sharded: each rank holds some of the 4 parameters' state, together all of them.
     held = [rank["optimizers local state"] for rank in ranks]
