@@ -152,12 +152,13 @@ def _source_of(value: Any) -> tuple[str, Any]:
 
 
 class Traced:
-    """An array inside a trace: the index of the value it stands for, and its metadata."""
+    """An array inside a trace: the index of the value it stands for, its metadata, and whether
+    it continues a state entry (a state entry, or computed from one as first operand)."""
 
-    __slots__ = ("tracer", "index", "meta")
+    __slots__ = ("tracer", "index", "meta", "of_state")
 
-    def __init__(self, tracer: Tracer, index: int, meta: Any) -> None:
-        self.tracer, self.index, self.meta = tracer, index, meta
+    def __init__(self, tracer: Tracer, index: int, meta: Any, of_state: bool = False) -> None:
+        self.tracer, self.index, self.meta, self.of_state = tracer, index, meta, of_state
 
     @property
     def shape(self) -> tuple:
@@ -312,28 +313,36 @@ class Trace:
 
 
 class Tracer:
-    def __init__(self, infer: Callable) -> None:
+    def __init__(self, infer: Callable, in_place_everywhere: bool = False) -> None:
         self.infer = infer
+        self.in_place_everywhere = in_place_everywhere
         self.metas: list = []
         self.operations: list[Operation] = []
         self.scalars: list[str] = []
         self.guards: list[tuple[str, bool]] = []
         self._scalar_index: dict[str, int] = {}
 
-    def value(self, meta: Any) -> Traced:
+    def value(self, meta: Any, of_state: bool = False) -> Traced:
         self.metas.append(meta)
-        return Traced(self, len(self.metas) - 1, meta)
+        return Traced(self, len(self.metas) - 1, meta, of_state)
 
     def record(self, name: str, args: tuple, kwargs: dict) -> Traced:
         encoded_args = tuple(map(self._encode, args))
         encoded_kwargs = {k: self._encode(v) for k, v in kwargs.items()}
         concrete = lambda v: v.meta if isinstance(v, Traced) else v.value if isinstance(v, Symbolic) else v  # noqa: E731
-        meta = self.infer(name, tuple(map(concrete, args)), {k: concrete(v) for k, v in kwargs.items()})
+        first = args[0] if args and isinstance(args[0], Traced) else None
+        of_state = first is not None and first.of_state
+        # The reference updates its state in place (buf.mul_(momentum).add_(grad)), its
+        # multi-tensor code every first operand: such a result is rounded to that operand's
+        # dtype, which matters once the two differ (a model moved to float64 after its state
+        # was made).
+        into = first.meta if first is not None and (of_state or self.in_place_everywhere) else None
+        meta = self.infer(name, tuple(map(concrete, args)), {k: concrete(v) for k, v in kwargs.items()}, into)
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, Traced) and tuple(arg.meta.shape) != tuple(meta.shape):
                 raise Untraceable(f"{name} broadcasts {tuple(arg.meta.shape)} to {tuple(meta.shape)}")
         self.operations.append(Operation(name, encoded_args, encoded_kwargs, meta))
-        return self.value(meta)
+        return self.value(meta, of_state)
 
     def _encode(self, value: Any) -> tuple:
         if isinstance(value, Traced):
@@ -357,15 +366,19 @@ def trace(
     metas: dict[str, Any],
     switches: dict[str, Any],
     numbers: dict[str, Any],
+    in_place_everywhere: bool = False,
 ) -> Trace:
     """Record ``update(ops, param, grad, state, h)`` once.
 
     ``metas`` holds the metadata of the parameter, gradient and each state entry (by buffer
     name); ``switches`` the concrete values of ``h``, ``numbers`` its numbers (current values).
-    ``infer(name, args, kwargs)`` gives an operation's result metadata from its operands'.
+    ``infer(name, args, kwargs, into)`` gives an operation's result metadata from its
+    operands', as an operation writing into ``into`` (metadata, or None) would make it: into
+    the first operand where it continues a state entry, or everywhere if
+    ``in_place_everywhere`` (the reference's multi-tensor code).
     """
-    tracer = Tracer(infer)
-    inputs = {name: tracer.value(meta) for name, meta in metas.items()}
+    tracer = Tracer(infer, in_place_everywhere)
+    inputs = {name: tracer.value(meta, name.startswith("state:")) for name, meta in metas.items()}
     # h: switches as they are, numbers as Symbolic
     h = Scalars({**switches, **{k: Symbolic(f"h[{k!r}]", v, tracer) for k, v in numbers.items()}})
     state_keys = [name.removeprefix("state:") for name in metas if name.startswith("state:")]

@@ -77,6 +77,9 @@ def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callabl
     return _kernels[cache_key]
 
 
+_DTYPE, _GRAD_DTYPE = operator.attrgetter("dtype"), operator.attrgetter("grad.dtype")
+
+
 class Piece:
     """Parameters of one group that one kernel call steps: a large one in place, or a bucket.
 
@@ -115,11 +118,13 @@ class Piece:
 
     def holds(self, state: dict) -> bool:
         """Whether the plan still stands: the same state tensors (``load_state_dict`` replaces
-        them, a step may add some) and, in place, the parameter's memory (``module.to()``
-        replaces it)."""
+        them, a step may add some), the same dtypes and, in place, the parameter's memory
+        (``module.to()`` replaces them)."""
         helds: list[Any] = [state.get(p) for p in self.params]
         return (
-            all(map(operator.is_, helds, self.helds))
+            set(map(_DTYPE, self.params)) == {self.layout[1]}
+            and set(map(_GRAD_DTYPE, self.params)) == {self.layout[2]}
+            and all(map(operator.is_, helds, self.helds))
             and [len(held) if held else 0 for held in helds] == self.entry_counts
             and all(map(operator.is_, self._arrays(helds), self.arrays))
             and (not self.in_place or self.params[0].data_ptr() == self.value.data_ptr())

@@ -74,12 +74,14 @@ class Compiled:
 _plans: dict[tuple, Any] = {}  # a list of Compiled, or None: untraceable
 
 
-def infer(name: str, args: tuple, kwargs: dict) -> torch.Tensor:
+def infer(name: str, args: tuple, kwargs: dict, into: torch.Tensor | None = None) -> torch.Tensor:
     """An operation's result as a meta tensor (its dtype and shape), from its operands'.
 
     A 0-d tensor number (a tensor lr) stays a tensor operand, as it is in the step: against a
     0-d parameter it takes part in type promotion (a float16 scalar times a float32 lr is
-    float32).  As ``alpha=``/``value=`` it is a Python number, as ATen reads it.
+    float32).  As ``alpha=``/``value=`` it is a Python number, as ATen reads it.  Written
+    ``into`` a floating tensor, the result takes that tensor's dtype, as an in-place
+    operation's does.
     """
 
     def operand(value: Any) -> Any:
@@ -90,7 +92,10 @@ def infer(name: str, args: tuple, kwargs: dict) -> torch.Tensor:
     def number(value: Any) -> Any:
         return value.item() if isinstance(value, torch.Tensor) and value.device.type != "meta" else value
 
-    return getattr(torch, name)(*map(operand, args), **{k: number(v) for k, v in kwargs.items()})
+    result = getattr(torch, name)(*map(operand, args), **{k: number(v) for k, v in kwargs.items()})
+    if into is not None and into.is_floating_point() and result.is_floating_point() and result.dtype != into.dtype:
+        return result.to(into.dtype)
+    return result
 
 
 def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -260,9 +265,14 @@ def compiled_plan(
         _plans[key] = None
         return None
     try:
-        traced = trace(rule.update, TracingOps, infer, metas(), dict(switches), numbers)
+        traced = trace(rule.update, TracingOps, infer, metas(), dict(switches), numbers, mode == "foreach")
         plan = make_plan(traced, _same_kind)
     except Untraceable:
+        _plans[key] = None
+        return None
+    except RuntimeError:
+        # Operands a kernel refuses (lerp of a float32 state and a float64 gradient, after
+        # model.to()): the op-by-op path runs the kernel, which raises torch's own message.
         _plans[key] = None
         return None
     run, source = _generate(plan, mode)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
+import backends
+
 from .optimizer import Optimizer, signature_arguments
 from .validation import check_array_lr, check_betas
 
@@ -108,11 +110,14 @@ class SparseAdam(Optimizer):
         old_exp_avg = ops.gather(state["exp_avg"], grad)
         exp_avg_change = (values - old_exp_avg) * h.one_minus_beta1
         old_exp_avg_sq = ops.gather(state["exp_avg_sq"], grad)
-        exp_avg_sq_change = (values * values - old_exp_avg_sq) * h.one_minus_beta2
+        # torch.optim updates the squared values in place: in the gradient's dtype, which
+        # differs from the state's after model.to(torch.float64).
+        in_gradient_dtype = backends.dtype_name(values.dtype)
+        exp_avg_sq_change = ops.astype(values * values - old_exp_avg_sq, in_gradient_dtype) * h.one_minus_beta2
         new_state = {
             "exp_avg": ops.scatter_add(state["exp_avg"], grad, exp_avg_change),
             "exp_avg_sq": ops.scatter_add(state["exp_avg_sq"], grad, exp_avg_sq_change),
         }
-        denom = ops.sqrt(exp_avg_sq_change + old_exp_avg_sq) + h.eps
+        denom = ops.sqrt(ops.astype(exp_avg_sq_change + old_exp_avg_sq, in_gradient_dtype)) + h.eps
         step = -h.step_size * ((exp_avg_change + old_exp_avg) / denom)
         return ops.scatter_add(param, grad, step), new_state
