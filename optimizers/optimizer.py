@@ -362,6 +362,14 @@ class Optimizer(torch.optim.Optimizer):
         stepping = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         stepping = [(group, params) for group, params in stepping if params]
         self._check_step(stepping)
+        if self._step_supports_amp_scaling:
+            # GradScaler's: an inf changes nothing; otherwise the gradients are unscaled in
+            # place, as torch.optim's fused kernels leave them.
+            found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+            if found_inf is not None and bool(found_inf):
+                return loss
+            if grad_scale is not None:
+                torch._foreach_div_([p.grad for _, params in stepping for p in params], grad_scale)
         if self.skip_nonfinite and not self._backend.all_finite([p.grad for _, params in stepping for p in params]):
             self.skipped_steps += 1
             return loss
@@ -385,6 +393,12 @@ class Optimizer(torch.optim.Optimizer):
         if work:
             self._backend.apply(self._rule, work, self.state, self._backend_memory)
         return loss
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """torch.optim's mark of a fused optimizer: ``GradScaler.step`` then neither unscales
+        nor skips, but sets ``grad_scale`` and ``found_inf`` on the optimizer for its step."""
+        return any(group.get("fused") for group in self.param_groups)
 
     @property
     def _has_initial_state(self) -> bool:

@@ -167,6 +167,38 @@ def test_low_precision_parameters_with_float32_state():
 
 
 @pytest.mark.parametrize("entry", FUSED, ids=repr)
+def test_grad_scalers_scale_and_inf_are_handled_as_by_torch_optims_fused_kernels(entry):
+    """GradScaler leaves a fused optimizer's step to unscale and skip (``grad_scale``,
+    ``found_inf``): an inf step changes nothing, gradients included; otherwise the step reads
+    and leaves the gradients unscaled, in place, and agrees with torch.optim's to rounding."""
+    sides = []
+    for cls in (entry.ours, entry.reference):
+        model = _model()
+        optimizer = cls(model.parameters(), **dict(entry.options, fused=True))
+        assert optimizer._step_supports_amp_scaling
+        generator, history = torch.Generator().manual_seed(1), []
+        for step in range(4):
+            optimizer.zero_grad()
+            (1024 * model(torch.randn(16, 6, generator=generator)).pow(2).mean()).backward()
+            before = [(p.detach().clone(), p.grad.clone()) for p in model.parameters()]
+            optimizer.grad_scale, optimizer.found_inf = torch.tensor(1024.0), torch.tensor(float(step == 1))
+            optimizer.step()
+            if step == 1:
+                for p, (value, grad) in zip(model.parameters(), before):
+                    assert torch.equal(p, value) and torch.equal(p.grad, grad)
+            history.append([t.detach().clone() for p in model.parameters() for t in (p, p.grad)])
+        del optimizer.grad_scale, optimizer.found_inf
+        sides.append((history, [optimizer.state[p] for p in model.parameters()]))
+    (ours, our_state), (theirs, their_state) = sides
+    for a, b in zip([t for step in ours for t in step], [t for step in theirs for t in step], strict=True):
+        torch.testing.assert_close(a, b, rtol=ACROSS_FRAMEWORKS["float32"], atol=1e-7)
+    for held, expected in zip(our_state, their_state, strict=True):
+        assert held.keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(held[key], value, rtol=ACROSS_FRAMEWORKS["float32"], atol=1e-7)
+
+
+@pytest.mark.parametrize("entry", FUSED, ids=repr)
 def test_non_floating_parameters_get_torchs_error_and_nothing_changes(entry):
     def attempt(cls):
         p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
