@@ -5,6 +5,8 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
+import backends
+
 from .optimizer import Optimizer, signature_arguments
 from .validation import check_array_lr
 
@@ -43,6 +45,18 @@ class Adafactor(Optimizer):
     to :math:`G^2`, and factors only dimensions of at least 128.  With eps[0]
     None and a param group mixing dtypes, torch.optim takes the epsilon of the
     first parameter's dtype for the whole group; here each parameter uses its own.
+    torch.optim's multi-tensor path (``foreach=True``, ``_multi_tensor_adafactor``) computes
+    every quantity as its for-loop does but the last: it multiplies :math:`U_t` by the step
+    size :math:`s_t = -\alpha_t / \max(1, \operatorname{RMS}(U_t)/d)` and then adds
+    (``_foreach_mul_``, ``_foreach_add_``: two roundings), where the for-loop adds with
+    ``alpha`` (``param.add_(update, alpha=s)``: a fused multiply-add, one rounding), so the
+    two differ by an ulp of :math:`\theta` from the first step.  With
+    ``foreach=True`` ours follows the multi-tensor form, and as its CPU kernels do it rounds
+    the multipliers :math:`s_t` and :math:`1 - \eta\lambda` to a 16-bit parameter's dtype
+    (CUDA's multi-tensor kernels keep them in float32: there a 16-bit parameter with
+    ``foreach=True`` can step a rounding apart from torch.optim).  torch.optim's Adafactor runs
+    multi-tensor only when asked: its ``foreach=None`` is the for-loop on every device, CUDA
+    included, and so is ours.
     """
 
     counters = {"step": 0.0}
@@ -91,9 +105,17 @@ class Adafactor(Optimizer):
                         f"element count, and a parameter of shape {shape} is empty"
                     )
 
+    def _host_scalars(
+        self, group: dict[str, Any], foreach: bool = False, backend: backends.Backend | None = None
+    ) -> backends.Scalars:
+        # torch.optim's Adafactor takes its multi-tensor path only when asked (`if foreach:`), with
+        # no device-dependent default: foreach=None, which the backend resolves to multi-tensor
+        # on CUDA, keeps its for-loop formula there.
+        return super()._host_scalars(group, foreach=foreach and bool(group.get("foreach")), backend=backend)
+
     @staticmethod
     def switches(group):
-        return dict(maximize=bool(group["maximize"]), decays=group["weight_decay"] != 0)
+        return dict(maximize=bool(group["maximize"]), decays=group["weight_decay"] != 0, foreach=bool(group["foreach"]))
 
     @staticmethod
     def coefficients(math, numbers):
@@ -131,7 +153,7 @@ class Adafactor(Optimizer):
         rms = ops.scalar(ops.norm(param)) / prod(param.shape) ** 0.5
         alpha = ops.where(rms > h.eps2, rms, h.eps2) * h.rho  # max(eps2, rms), NaN giving eps2 as in Python
         if h.decays:
-            param = param * h.decay_factor
+            param = param * (_foreach_scalar(ops, h.decay_factor, param) if h.foreach else h.decay_factor)
         if grad.ndim > 1:
             row_var = ops.lerp(state["row_var"], _mean_square(ops, grad, -1), h.new_weight)
             col_var = ops.lerp(state["col_var"], _mean_square(ops, grad, -2), h.new_weight)
@@ -143,7 +165,16 @@ class Adafactor(Optimizer):
         direction = ops.rsqrt(ops.clamp(estimate, eps1 * eps1)) * grad
         ratio = ops.scalar(ops.norm(direction)) / (prod(direction.shape) ** 0.5 * h.d)
         shrink = ops.where(ratio > 1.0, ratio, 1.0)  # max(1, ratio)
-        return ops.add(param, direction, alpha=-alpha / shrink), new_state
+        step_size = -alpha / shrink
+        if h.foreach:  # torch.optim's multi-tensor Adafactor: _foreach_mul_(updates, alphas), then _foreach_add_
+            return param + direction * _foreach_scalar(ops, step_size, direction), new_state
+        return ops.add(param, direction, alpha=step_size), new_state
+
+
+def _foreach_scalar(ops, number, like):
+    """``number`` as torch's in-place ``_foreach_mul_`` on the CPU takes it: rounded to ``like``'s
+    dtype (16 bits for a 16-bit array, where ``mul`` keeps it in float32; wider dtypes: as ``mul``)."""
+    return ops.zeros((), like=like) + number
 
 
 def _mean_square(ops, grad, axis):

@@ -3,7 +3,8 @@
 The default path runs each rule's plan in place, and ``foreach=True`` runs it as multi-tensor
 operations: each must be torch.optim's corresponding path bit for bit, in every dtype, through
 the events that move parameters and state under a plan (groups added, state loaded, ``p.data``
-replaced, parameters skipping steps).
+replaced, parameters skipping steps).  Adafactor runs unplanned, and follows torch.optim's
+multi-tensor formula too (its generated cases: tests/test_properties.py).
 """
 
 from __future__ import annotations
@@ -308,6 +309,76 @@ def test_symbolic_numbers_evaluate_as_python_does():
     assert (lr > 0.05) is True and tracer.guards == [("bool(h['lr'] > 0.05)", True)]
     with pytest.raises(planning.Untraceable):
         float(lr)
+
+
+# Adafactor is not planned (norms, matrix products), but its foreach=True follows torch.optim's
+# _multi_tensor_adafactor as the planned rules follow theirs: that computes each quantity as the
+# for-loop does except the last, _foreach_mul_(updates, alphas) then _foreach_add_(params, updates)
+# where the for-loop runs param.add_(update, alpha=...) (a fused multiply-add, one rounding), and
+# with weight decay _foreach_mul_(params, 1 - lr * weight_decay); on the CPU a
+# 16-bit _foreach_mul_ rounds its scalar to 16 bits.  Shapes: factored matrices (2-D and 3-D), a
+# vector, a 0-d and a one-element tensor.
+ADAFACTOR_SHAPES = [(5, 7), (3, 4, 6), (9,), (), (1,)]
+ADAFACTOR_OPTIONS = {
+    "plain": {},
+    "weight-decay": dict(weight_decay=0.1),
+    "maximize": dict(maximize=True),
+    "large-lr-decay-maximize": dict(lr=0.5, weight_decay=0.1, maximize=True),
+}
+
+
+def run_adafactor_pair(dtype, ours_options, reference_options, steps=6, device="cpu"):
+    """Ours and torch.optim's Adafactor from the same start on the same gradients, compared bit
+    for bit (parameters and state) after every step; ``ours`` is returned."""
+    torch_dtype = getattr(torch, dtype)
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=generator).to(torch_dtype) for shape in ADAFACTOR_SHAPES]
+    sides = []
+    for cls, options in ((optimizers.Adafactor, ours_options), (torch.optim.Adafactor, reference_options)):
+        tensors = [value.clone().to(device).requires_grad_() for value in start]
+        # Two groups, matrices apart: torch.optim's multi-tensor path also groups by dimensionality.
+        groups = [{"params": tensors[:2]}, {"params": tensors[2:], "lr": 0.03}]
+        sides.append((cls(groups, **options), tensors))
+    (ours, our_tensors), (reference, reference_tensors) = sides
+    for step in range(steps):
+        for a, b in zip(our_tensors, reference_tensors):
+            grad = torch.randn(a.shape, generator=generator).to(torch_dtype).to(device)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        reference.step()
+        assert_same_run(ours, reference, our_tensors, reference_tensors, step)
+    return ours
+
+
+@pytest.mark.parametrize("options", list(ADAFACTOR_OPTIONS.values()), ids=list(ADAFACTOR_OPTIONS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("foreach", [False, True], ids=["default", "foreach"])
+def test_adafactor_is_torch_optims_on_each_path(foreach, dtype, options):
+    """Default path = torch.optim's for-loop, ``foreach=True`` = its ``_multi_tensor_adafactor``."""
+    options = dict(options, foreach=foreach)
+    run_adafactor_pair(dtype, options, options)
+
+
+def test_adafactor_foreach_none_is_torch_optims_for_loop_where_multi_tensor_is_the_default(monkeypatch):
+    """torch.optim's Adafactor has no device-dependent default (``if foreach:``): its ``foreach=None``
+    is the for-loop on CUDA too, where the backend resolves None to multi-tensor for the other
+    classes.  The CUDA resolution is simulated on the CPU."""
+    resolved = []
+
+    def as_on_cuda(self, group, params):
+        resolved.append(group["foreach"])
+        return group["foreach"] is None or bool(group["foreach"])
+
+    monkeypatch.setattr(TorchBackend, "foreach", as_on_cuda)
+    run_adafactor_pair("float32", {}, {})
+    assert resolved and set(resolved) == {None}  # every step of ours resolved None to multi-tensor
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("foreach", [None, True])
+def test_cuda_adafactor_is_torch_optims_on_each_path(foreach):
+    options = dict(weight_decay=0.1, foreach=foreach)
+    run_adafactor_pair("float32", options, options, device="cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -92,6 +92,49 @@ def test_torch_backend_matches_torch_optim(entry, dtype, data):
     )
 
 
+# torch.optim's foreach=True path, for each class that has one: the planned (elementwise) rules in
+# tests/test_plan.py, in every dtype and through mid-run events; the others (Adafactor) here.
+# The properties above never generate foreach (IMPLEMENTATION_FLAGS), so a class missing from both
+# lists would have its multi-tensor formula compared with nothing.
+FOREACH_UNPLANNED = [
+    entry
+    for entry in ENTRIES
+    if entry.reference_class is None
+    and not entry.elementwise
+    and "foreach" in inspect.signature(entry.reference.__init__).parameters
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("entry", FOREACH_UNPLANNED, ids=repr)
+@given(data=st.data())
+def test_torch_backend_matches_torch_optim_on_its_foreach_path(entry, dtype, data):
+    problem, kwargs = draw_case(data, entry, dtype)
+    lr_array = entry.tensor_lr and data.draw(st.booleans(), label="lr as a one-element array")
+    kwargs = dict(kwargs, foreach=True)
+    ours = trajectory(entry, "torch", problem, kwargs, lr_array)
+    expected = trajectory(entry, "torch.optim", problem, kwargs, lr_array)
+    REPORT.compare(
+        entry.name,
+        "torch vs torch.optim (foreach)",
+        dtype,
+        ours,
+        expected,
+        tolerance(entry, "torch", "torch.optim", dtype),
+    )
+
+
+def test_every_foreach_path_of_torch_optim_is_compared():
+    """Each registered class whose torch.optim signature has ``foreach`` is compared on that path."""
+    planned = {entry.name for entry in REGISTRY.values() if entry.elementwise}
+    compared = planned | {entry.name for entry in FOREACH_UNPLANNED}
+    with_foreach = {
+        entry.name for entry in REGISTRY.values() if "foreach" in inspect.signature(entry.reference.__init__).parameters
+    }
+    assert with_foreach <= compared, f"foreach=True never compared with torch.optim: {with_foreach - compared}"
+    assert "Adafactor" in {entry.name for entry in FOREACH_UNPLANNED}
+
+
 # The functional update and the object's step trace the same rule, but into separately compiled
 # programs: a functional state's lazily created entries (SGD's momentum buffer) add a lax.cond,
 # and XLA contracts multiply-adds by the surrounding graph, so results may differ by ulps.
