@@ -7,13 +7,14 @@ to a parameter or a state tensor sees it change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 import numpy as np
 import torch
 
-from backends import GroupStep, HostMath, Rule, Scalars, run_update, torch_fused, torch_plan, widened
+from backends import GroupStep, HostMath, Rule, Scalars, numbers, run_update, torch_fused, torch_plan, widened
 from backends.torch_ops import KernelOps, TensorMath, TorchOps
 
 
@@ -23,19 +24,21 @@ class TorchBackend:
     # torch.optim's list in its fused device/dtype error.
     fused_devices = ("mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone")
 
-    def host_number(self, value: Any) -> float | torch.Tensor:
+    def host_number(self, value: Any, *, recorded: bool = False) -> float | torch.Tensor:
         """A hyperparameter as host-side coefficients see it.
 
         A number becomes a Python float (float64 arithmetic).  A one-element array (a
         tensor lr) becomes a 0-d CPU tensor of its dtype: what is derived from it --
         ``lr / bias_correction``, ``1 - lr * weight_decay`` -- then rounds exactly as
         torch.optim's arithmetic on that tensor rounds (float32 operations, ``x / tensor``
-        as ``reciprocal(tensor) * x``).
+        as ``reciprocal(tensor) * x``).  It is detached, as torch.optim's step runs under
+        ``no_grad``, unless ``recorded``: a differentiable step's scalars keep autograd's
+        graph, so derivatives reach a hyperparameter that requires grad.
         """
         if not hasattr(value, "shape"):
             return float(value)
         tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value)
-        return tensor.detach().reshape(()).cpu()
+        return (tensor if recorded else tensor.detach()).reshape(()).cpu()
 
     def counter_dtype(self) -> type:
         """torch.optim's dtype for a new step count: float32, or float64 under a float64 default dtype."""
@@ -175,32 +178,71 @@ class TorchBackend:
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         for group, params, h in work:
             differentiable = bool(group.get("differentiable", False))
+            # As torch.optim's step (``_use_grad_for_differentiable``): autograd records the step
+            # exactly when it is differentiable, and _step_each reads that mode as the decision.
             with torch.set_grad_enabled(differentiable):
                 if group.get("fused"):
                     params = torch_fused.step_group(self, rule, params, h, state, memory)
-                elif not differentiable:
+                elif differentiable:
+                    h = self._recorded_scalars(rule, group, h)
+                else:
                     foreach = self.foreach(group, params)
                     params = torch_plan.step_group(self, rule, params, h, state, memory, foreach)
                 self._step_each(rule, params, h, state)
 
+    def _recorded_scalars(self, rule: Rule, group: dict[str, Any], h: Any) -> Any:
+        """``h`` for a differentiable step.
+
+        Where a hyperparameter tensor requires grad (an lr, weight_decay or betas to
+        differentiate with respect to, as torch's ``TestDifferentiableOptimizer`` does), the
+        coefficients again, from the group's numbers as autograd sees them, in tensor arithmetic
+        (:class:`TensorMath`): its graph runs through ``1 - beta1``, ``1 - lr * weight_decay``
+        and, in :meth:`_step_each`, the schedule and the update, so the step's derivatives reach
+        it as torch.optim's differentiable step's do.  Otherwise ``h`` as it is.
+        """
+        names = rule.switches({**group, "foreach": False})  # only which keys are switches
+        found = numbers(group, functools.partial(self.host_number, recorded=True), names)
+        if not _in_graph(found.values()):
+            return h
+        return Scalars({**vars(h), **rule.coefficients(TensorMath, found)})
+
     def _step_each(self, rule: Rule, params: list, h: Any, state: dict) -> None:
         """The reference path: the rule run parameter by parameter, op by op, as written.
 
-        Under torch.compile the same, traced: counters stay 0-d tensors and the schedule is
-        tensor arithmetic (:class:`TensorMath`), so nothing is read back to the host and nothing
-        depends on a parameter's identity; Inductor fuses the graph, which rounds as a fused
-        loop does (as torch.optim's compiled step does).
+        Its scalars come in one of two forms.  On the host (the default): counters are read
+        back once and the schedule is Python float arithmetic, shared by the parameters whose
+        counters agree, and the kernels take the resulting numbers as torch.optim's do.  As 0-d
+        tensors: counters stay tensors, the schedule is tensor arithmetic (:class:`TensorMath`)
+        per parameter and the kernels take tensor scalars (:class:`KernelOps`).  The tensor form
+        serves two steps:
+
+        * under torch.compile, so that nothing is read back to the host and nothing depends on a
+          parameter's identity; Inductor fuses the graph, which rounds as a fused loop does (as
+          torch.optim's compiled step does);
+        * in a differentiable step (autograd records: :meth:`apply` enables it for a
+          differentiable group only) whose scalars are in autograd's graph -- a hyperparameter
+          that requires grad (see :meth:`_recorded_scalars`) or a counter that does (NAdam's
+          ``mu_product``, which torch.optim's differentiable step keeps in the graph) -- so that
+          derivatives reach them and such a counter never goes through NumPy.  A differentiable
+          step with plain numbers stays on the host, as torch.optim's (its ``.item()`` reads and
+          Python-float ``alpha=``) does.
         """
         compiling = torch.compiler.is_compiling()
         # A differentiable step (torch.optim's differentiable=True) records the rule for autograd,
-        # which may keep the old parameter and state for its backward (the old maximum of
-        # amsgrad, a norm): the rule reads copies, so writing the results in place keeps them.
+        # which may keep the old parameter, state and counters for its backward (the old maximum
+        # of amsgrad, a norm, ASGD's eta): the rule reads copies, so writing the results in place
+        # keeps them.
         recorded = torch.is_grad_enabled()
+        in_graph = recorded and (
+            _in_graph(vars(h).values()) or _in_graph(state.get(p, {}).get(k) for p in params for k in rule.counters)
+        )
+        tensor_scalars = compiling or in_graph
         schedules: dict[tuple, tuple[Any, dict]] = {}  # parameters usually share their counters
         for param in params:
             held = state.get(param, {})
-            if compiling:
-                scheduled, advanced = rule.schedule(TensorMath, h, {k: held[k] for k in rule.counters})
+            if tensor_scalars:
+                counters = {k: _copy(held[k]) if recorded else held[k] for k in rule.counters}
+                scheduled, advanced = rule.schedule(TensorMath, h, counters)
                 param_h = Scalars({**vars(h), **scheduled})
             else:
                 counters = {k: np.asarray(held[k])[()] for k in rule.counters}
@@ -215,8 +257,8 @@ class TorchBackend:
             value, grad = widened(self, rule, param, param), widened(self, rule, param.grad, param)
             if recorded:
                 value = value.clone() if value is param else value
-                arrays = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}
-            ops = KernelOps if compiling else TorchOps
+                arrays = {k: _copy(v) for k, v in arrays.items()}
+            ops = KernelOps if tensor_scalars else TorchOps
             new_param, new_arrays = run_update(self, rule, value, grad, arrays, param_h, ops)
             if new_param is not param:
                 param.copy_(new_param)
@@ -252,6 +294,20 @@ def _write_state(held: dict, new_state: Mapping) -> None:
             held[key] = _owned(value)
         else:
             held[key] = value
+
+
+def _in_graph(values: Any) -> bool:
+    """Whether any of ``values`` (or of the tuples among them: betas) is a tensor that requires
+    grad, which autograd records through."""
+    return any(
+        _in_graph(v) if isinstance(v, (tuple, list)) else isinstance(v, torch.Tensor) and v.requires_grad
+        for v in values
+    )
+
+
+def _copy(value: Any) -> Any:
+    """A tensor's copy in autograd's graph (anything else as it is)."""
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _fits(current: Any, value: Any) -> TypeGuard[torch.Tensor]:

@@ -128,6 +128,15 @@ class Adam(Optimizer):
     def switches(group):
         return dict(_switches(group), amsgrad=bool(group["amsgrad"]))
 
+    def _check_step(self, stepping):
+        super()._check_step(stepping)
+        for group, params in stepping:
+            if group.get("differentiable") and any(
+                getattr(self.state.get(p, {}).get("step"), "requires_grad", False) for p in params
+            ):
+                # torch.optim's Adam and AdamW (only they) refuse it; other classes step.
+                raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+
     coefficients = staticmethod(_coefficients)
 
     @staticmethod
