@@ -60,15 +60,19 @@ def warm_state(cls, options: dict) -> dict:
     }
 
 
-def step_function(cls, options: dict, state: dict):
-    """The step as a function of (param, grad, *state entries shaped like the parameter); 0-d
-    counters are not differentiated, as in torch's tests."""
+def step_function(cls, options: dict, state: dict, names: tuple = ()):
+    """The step as a function of (the hyperparameters ``names``, param, grad, *state entries
+    shaped like the parameter); 0-d counters are not differentiated, as in torch's tests."""
     keys = [k for k, v in state.items() if v.dim() > 0]
 
-    def stepped(param, grad, *values):
+    def stepped(*inputs):
+        hyper = dict(zip(names, (t.clone() for t in inputs[: len(names)])))
+        param, grad, *values = inputs[len(names) :]
+        if "beta1" in hyper:
+            hyper["betas"] = (hyper.pop("beta1"), hyper.pop("beta2"))
         param = param.clone()
-        param.grad = grad
-        optimizer = cls([param], **options, differentiable=True)
+        param.grad = grad.clone()  # torch.optim's differentiable SGD adds the decay to it in place
+        optimizer = cls([param], **options, **hyper, differentiable=True)
         held = {k: v.clone() for k, v in state.items()}
         held.update({k: v.clone() for k, v in zip(keys, values)})
         optimizer.state[param].update(held)
@@ -77,7 +81,8 @@ def step_function(cls, options: dict, state: dict):
 
     generator = torch.Generator().manual_seed(1)
     param, grad = (torch.rand(5, dtype=torch.float64, generator=generator) - 0.5 for _ in range(2))
-    arguments = tuple(t.requires_grad_() for t in (param, grad, *(state[k].clone() for k in keys)))
+    hyper = (torch.tensor(HYPERPARAMETER_VALUES[name], dtype=torch.float64) for name in names)
+    arguments = tuple(t.requires_grad_() for t in (*hyper, param, grad, *(state[k].clone() for k in keys)))
     return stepped, arguments
 
 
@@ -124,38 +129,13 @@ HYPERPARAMETER_CASES = {
 HYPERPARAMETER_VALUES = {"lr": 0.01, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.999}
 
 
-def hyperparameter_step_function(cls, options: dict, names: tuple, state: dict):
-    """The step as a function of (the hyperparameters ``names``, param, grad, *state arrays)."""
-    keys = [k for k, v in state.items() if v.dim() > 0]
-
-    def stepped(*inputs):
-        hyper = dict(zip(names, (t.clone() for t in inputs[: len(names)])))
-        param, grad, *values = inputs[len(names) :]
-        if "beta1" in hyper:
-            hyper["betas"] = (hyper.pop("beta1"), hyper.pop("beta2"))
-        param = param.clone()
-        param.grad = grad.clone()  # torch.optim's differentiable SGD adds the decay to it in place
-        optimizer = cls([param], **options, **hyper, differentiable=True)
-        held = {k: v.clone() for k, v in state.items()}
-        held.update({k: v.clone() for k, v in zip(keys, values)})
-        optimizer.state[param].update(held)
-        optimizer.step()
-        return (param, *(optimizer.state[param][k] for k in keys))
-
-    generator = torch.Generator().manual_seed(1)
-    param, grad = (torch.rand(5, dtype=torch.float64, generator=generator) - 0.5 for _ in range(2))
-    hyper = (torch.tensor(HYPERPARAMETER_VALUES[name], dtype=torch.float64) for name in names)
-    arguments = tuple(t.requires_grad_() for t in (*hyper, param, grad, *(state[k].clone() for k in keys)))
-    return stepped, arguments
-
-
 @pytest.mark.parametrize("name", HYPERPARAMETER_CASES)
 def test_derivatives_reach_hyperparameter_tensors_as_in_torch_optim(name):
     options, names, derivatives_rtol = HYPERPARAMETER_CASES[name]
     entry = REGISTRY[name]
     state = warm_state(entry.reference, options)  # SGD's momentum buffer exists: not the gradient
-    ours, arguments = hyperparameter_step_function(entry.ours, options, names, state)
-    theirs, _ = hyperparameter_step_function(entry.reference, options, names, state)
+    ours, arguments = step_function(entry.ours, options, state, names)
+    theirs, _ = step_function(entry.reference, options, state, names)
     assert gradcheck(ours, arguments)
     got, expected = ours(*arguments), theirs(*arguments)
     for a, b in zip(got, expected):
