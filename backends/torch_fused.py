@@ -204,6 +204,7 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict, el
     plan = memory.get(key)
     if plan is not None and all(piece.holds(state) for piece in plan):
         return plan
+    _check_state_dtypes(backend, rule, members, state)
     for other in [k for k in memory if not set(k[0]).isdisjoint(ids)]:
         del memory[other]  # their state is about to move into the new plan's buffers
     layouts: dict[tuple, list] = {}
@@ -220,6 +221,24 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict, el
         compute = compute_dtype(backend, rule, params[0])
         plan.append(Piece(params, state, keys, getattr(torch, compute) if compute else None, in_place, not elementwise))
     return plan
+
+
+#: torch's names of the floating dtypes, as its fused kernels' errors write them.
+_SCALAR_TYPES = {torch.float64: "Double", torch.float32: "Float", torch.bfloat16: "BFloat16", torch.float16: "Half"}
+
+
+def _check_state_dtypes(backend: Any, rule: Rule, members: list, state: dict) -> None:
+    """torch.optim's fused kernels take state in the parameter's dtype only: after
+    ``model.to(torch.float64)`` a float32 state gets their error, before this group changes
+    (checked when a plan is made: a parameter whose dtype changed no longer fits its plan)."""
+    for param in members:
+        compute = compute_dtype(backend, rule, param)
+        expected = getattr(torch, compute) if compute else param.dtype
+        held = state.get(param, {})
+        for key in state_keys(rule, held):
+            found = held[key].dtype
+            if found in _SCALAR_TYPES and found != expected:
+                raise RuntimeError(f"expected scalar type {_SCALAR_TYPES[expected]} but found {_SCALAR_TYPES[found]}")
 
 
 def _run(kernel: Callable, *args: Any) -> dict | None:

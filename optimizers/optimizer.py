@@ -21,9 +21,6 @@ from .validation import state_dtype_name, with_torch_truth_error
 
 __all__ = ["Optimizer", "required", "signature_arguments"]
 
-#: torch's names of the floating dtypes, as its fused kernels' errors write them.
-_SCALAR_TYPES = {"float64": "Double", "float32": "Float", "bfloat16": "BFloat16", "float16": "Half"}
-
 
 class _ClassOrInstanceMethod:
     """A method that receives the class when called on it and the object when called on one."""
@@ -451,8 +448,6 @@ class Optimizer(torch.optim.Optimizer):
                         "`fused=True` requires all the params to be floating point Tensors of supported "
                         f"devices: {list(backend.fused_devices)} but {value.dtype} and {backend.device_type(value)}"
                     )
-                if fused:
-                    self._check_fused_state(params)
                 if self.complex_parameters_error and any(map(backend.is_complex, values)):
                     raise RuntimeError(self.complex_parameters_error)
             if self.sparse_gradients_error or self.dense_gradients_error:
@@ -461,22 +456,6 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError(self.sparse_gradients_error)
                 if self.dense_gradients_error and not all(sparse):
                     raise RuntimeError(self.dense_gradients_error)
-
-    def _check_fused_state(self, params: list) -> None:
-        """torch.optim's fused kernels take state in the parameter's dtype only (after
-        ``model.to(torch.float64)``, a float32 state): its kernel's error, before any step."""
-        backend, rule = self._backend, self._rule
-        for param in params:
-            value = backend.value(param)
-            expected = backends.compute_dtype(backend, rule, value) or backends.dtype_name(value.dtype)
-            for key, held in self.state.get(param, {}).items():
-                if key in self.counters or not hasattr(held, "dtype"):
-                    continue
-                found = backends.dtype_name(held.dtype)
-                if found in _SCALAR_TYPES and found != expected:
-                    raise RuntimeError(
-                        f"expected scalar type {_SCALAR_TYPES[expected]} but found {_SCALAR_TYPES[found]}"
-                    )
 
     @property
     def _rule(self) -> backends.Rule:
