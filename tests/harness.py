@@ -166,6 +166,14 @@ def assert_bitwise(ours, reference):
         assert a.dtype == b.dtype and torch.equal(a, b), (a - b).abs().max()
 
 
+def equal_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (same dtype and shape assumed); a NaN's sign and payload are not part of the contract."""
+    a, b = a.detach(), b.detach()
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(a[~nan].view(bits), b[~nan].view(bits))
+
+
 def raised(call) -> tuple[type, str] | None:
     """The exception ``call()`` raises, as (type, message), or None."""
     try:

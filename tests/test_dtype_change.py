@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.harness import raised
+from tests.harness import equal_bits, raised
 from tests.registry import REGISTRY, Entry
 
 # Each with a torch.optim class of the same name (the registry's algorithms beyond torch.optim
@@ -141,8 +141,7 @@ def mismatch(ours: Any, expected: Any, where: str, fused: bool) -> str | None:
             if largest_difference(a, b) <= FUSED_TOLERANCE[a.dtype] * max(scale, 1e-30):
                 return None
         else:
-            bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-            if torch.equal(a.view(bits), b.view(bits)):
+            if equal_bits(a, b):
                 return None
         return f"{where}: differs by up to {largest_difference(a, b):.3g} ({a.dtype})"
     if isinstance(expected, (list, tuple)):

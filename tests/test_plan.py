@@ -21,7 +21,7 @@ import optimizers
 from backends import plan as planning
 from backends import torch_plan
 from backends.torch_backend import TorchBackend
-from tests.harness import raised
+from tests.harness import equal_bits, raised
 from tests.registry import REGISTRY
 from tests.strategies import problems
 
@@ -49,11 +49,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         scale = max(float(b.abs().max()), 1e-30) if b.numel() else 1.0
         tolerance = 1e-12 if a.dtype == torch.float64 else 1e-5
         return torch.equal(a.isnan(), b.isnan()) and bool(((a - b).nan_to_num().abs() <= tolerance * scale).all())
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    nan = a.detach().isnan()  # a NaN's sign and payload are not part of the contract
-    return torch.equal(nan, b.detach().isnan()) and torch.equal(
-        a.detach()[~nan].view(bits), b.detach()[~nan].view(bits)
-    )
+    return equal_bits(a, b)
 
 
 def assert_same_run(ours, reference, our_params, reference_params, step: int) -> None:
