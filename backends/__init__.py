@@ -49,6 +49,36 @@ class Rule(NamedTuple):
     advance_group: Callable[..., dict] = lambda math, numbers: {}
 
 
+#: In a state of fixed structure (the functional form's), the per-parameter flag that its
+#: lazily created entries hold values; until it is set they hold zeros a rule must not read.
+INITIALIZED = "initialized"
+
+
+def lazy_entry(ops: Any, state: Mapping[str, Any], key: str, h: Any, first: Callable, later: Callable) -> Any:
+    """A state entry torch.optim creates at a parameter's first step (SGD's momentum buffer).
+
+    ``first()`` while ``state`` has no ``key``, ``later(state[key])`` once it has.  Where the
+    state's structure is fixed the entry exists from the start and ``h`` carries the
+    parameter's :data:`INITIALIZED` flag: both are computed and one is selected per
+    parameter, here, so what the rule computes from the entry is computed once, from the
+    selected value.  (Selecting the rule's outputs instead makes the parameter's update
+    re-read the old entry after the new one overwrote it in place, and XLA copies it.)
+    """
+    held = state.get(key)
+    if held is None:
+        return first()
+    initialized = getattr(h, INITIALIZED, None)
+    if initialized is None:
+        return later(held)
+    return _select(ops, initialized, later(held), first())
+
+
+def _select(ops: Any, condition: Any, if_true: Any, if_false: Any) -> Any:
+    if isinstance(if_true, (tuple, list)):  # a tuple of entries; a list of arrays (SOAP's bases)
+        return type(if_true)(_select(ops, condition, t, f) for t, f in zip(if_true, if_false, strict=True))
+    return ops.where(condition, if_true, if_false)
+
+
 class GroupStep(NamedTuple):
     """What :attr:`Rule.step_scalars` sees of one param group: its ``h`` and, for each parameter
     that steps, its value, gradient and state (empty lists for a group without gradients)."""

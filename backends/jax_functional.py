@@ -20,7 +20,7 @@ import numpy as np
 from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 from jax.experimental import sparse
 
-from backends import GroupStep, Rule, Scalars, initial_state, numbers, run_update, widened
+from backends import INITIALIZED, GroupStep, Rule, Scalars, initial_state, numbers, run_update, widened
 from backends.jax_backend import BACKEND
 from backends.jax_ops import JaxOps, TracedMath
 
@@ -62,27 +62,16 @@ def _in_precision(value: Any, precision: Any) -> Any:
     return value
 
 
-#: In a functional state, marks a leaf whose lazily created entries (SGD's momentum buffer)
-#: already hold values: until then they are zeros the rule must not read.
-INITIALIZED = "initialized"
-
-
 def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
     """One parameter's step inside a trace: its schedule from its own counters, then the rule."""
     if INITIALIZED in param_state:
         # A functional state has a fixed structure, so lazily created entries exist from the
-        # start; the rule's first step runs without them, as torch.optim's does, and later
-        # steps with them.  Both are elementwise over the same arrays, so computing both and
-        # selecting fuses into one pass; a lax.cond would keep XLA from updating the donated
-        # buffers in place (measured: SGD with momentum 5x slower).
+        # start; the rule reads them through lazy_entry, which selects between the first step's
+        # value and the later steps' by this flag (computing both fuses into one pass; a
+        # lax.cond would keep XLA from updating the donated buffers in place: measured, SGD
+        # with momentum 5x slower).
         held = {k: v for k, v in param_state.items() if k != INITIALIZED}
-        eager = {*rule.counters, *rule.initial_state(JaxOps, value, Scalars(shared))}
-        first = {k: v for k, v in held.items() if k in eager}
-        later_step = _leaf_step(rule, shared, value, grad, held)
-        first_step = _leaf_step(rule, shared, value, grad, first)
-        new_value, new_state = jax.tree_util.tree_map(
-            lambda later, first: jnp.where(param_state[INITIALIZED], later, first), later_step, first_step
-        )
+        new_value, new_state = _leaf_step(rule, {**shared, INITIALIZED: param_state[INITIALIZED]}, value, grad, held)
         return new_value, {**new_state, INITIALIZED: jnp.ones((), bool)}
     counters = {k: param_state[k] for k in rule.counters}
     arrays = {k: v for k, v in param_state.items() if k not in rule.counters}

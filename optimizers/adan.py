@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import lazy_entry
+
 from .optimizer import Optimizer, signature_arguments
 from .validation import check_array_lr, check_betas, check_fused, check_nonnegative
 
@@ -134,7 +136,7 @@ class Adan(Optimizer):
             grad = -grad
         grad = grad * h.clip
         # At a parameter's first step the difference is exactly zero (NaN for an infinite gradient).
-        previous = state["neg_pre_grad"] if "neg_pre_grad" in state else -grad
+        previous = lazy_entry(ops, state, "neg_pre_grad", h, lambda: -grad, lambda held: held)
         difference = previous + grad
         exp_avg = ops.add(state["exp_avg"] * h.beta1, grad, alpha=h.one_minus_beta1)
         exp_avg_diff = ops.add(state["exp_avg_diff"] * h.beta2, difference, alpha=h.one_minus_beta2)

@@ -199,11 +199,16 @@ class SOAP(Optimizer):
     def update(ops, param, grad, state, h):
         if h.maximize:
             grad = -grad
-        statistics, bases, exp_avg, exp_avg_sq = state["GG"], state.get("Q"), state["exp_avg"], state["exp_avg_sq"]
-        if bases is None:  # the parameter's first gradient: its statistics start from it
-            statistics = _accumulated(ops, statistics, grad, h)
-            bases = [[] if _is_placeholder(m) else _eigenvectors(ops, m) for m in statistics]
-            exp_avg_sq, bases = _refreshed(ops, statistics, bases, exp_avg_sq, h)
+        statistics, exp_avg, exp_avg_sq = state["GG"], state["exp_avg"], state["exp_avg_sq"]
+
+        def first_gradient():  # the statistics start from it, and the bases from them
+            first_statistics = _accumulated(ops, statistics, grad, h)
+            first_bases = [[] if _is_placeholder(m) else _eigenvectors(ops, m) for m in first_statistics]
+            return first_statistics, *_refreshed(ops, first_statistics, first_bases, exp_avg_sq, h)
+
+        statistics, exp_avg_sq, bases = backends.lazy_entry(
+            ops, state, "Q", h, first_gradient, lambda held: (statistics, exp_avg_sq, held)
+        )
 
         def adam_step():
             new_exp_avg = ops.lerp(exp_avg, grad, h.one_minus_beta1)

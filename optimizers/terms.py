@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import lazy_entry
+
 
 def decay_switches(group: dict[str, Any], decoupled: bool = False) -> dict[str, Any]:
     """The branches of :func:`direction` and :func:`decoupled_decay` for ``group``."""
@@ -30,8 +32,11 @@ def momentum_step(ops, param, grad, state, h):
     """torch's SGD step on ``grad``: heavy-ball momentum (the first buffer is the gradient itself),
     Nesterov's look-ahead, then ``param - lr * direction``.  State: ``momentum_buffer``."""
     if h.has_momentum:
-        buffer = state.get("momentum_buffer")
-        buffer = grad if buffer is None else ops.add(buffer * h.momentum, grad, alpha=h.undamped)
+
+        def continued(held):
+            return ops.add(held * h.momentum, grad, alpha=h.undamped)
+
+        buffer = lazy_entry(ops, state, "momentum_buffer", h, lambda: grad, continued)
         state = {**state, "momentum_buffer": buffer}
         grad = ops.add(grad, buffer, alpha=h.momentum) if h.nesterov else buffer
     return ops.add(param, grad, alpha=-h.lr), state

@@ -83,6 +83,26 @@ def test_a_jitted_donating_train_step_follows_the_object_step(entry):
     assert_close_trees(params, object_oriented_run(entry, data, entry.options))
 
 
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("SGD", dict(lr=0.1, momentum=0.9)),
+        ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+        ("Lars", dict(lr=0.1, momentum=0.9)),
+    ],
+)
+def test_a_donated_update_with_lazily_created_state_updates_every_array_in_place(name, options):
+    """A first step without the lazily created entry, and later steps with it, in one program
+    that copies no array: XLA writes each new parameter and entry over its donated old one."""
+    params = [jnp.ones((64, 32), jnp.float32), jnp.ones((32,), jnp.float32)]
+    form = getattr(optimizers, name)(params, **options).functional()
+    state = form.init(params)
+    step = jax.jit(lambda params, state, grads: form.update(grads, state, params), donate_argnums=(0, 1))
+    program = step.lower(params, state, params).compile().as_text()
+    copied = [line for line in program.splitlines() if " copy(" in line and "f32[" in line]
+    assert not copied, "\n".join(copied)
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=repr)
 def test_the_state_pytree_holds_torch_optims_entries_per_leaf(entry):
     optimizer = entry.ours(model_params(entry=entry), **entry.options)

@@ -136,7 +136,7 @@ def test_every_foreach_path_of_torch_optim_is_compared():
 
 
 # The functional update and the object's step trace the same rule, but into separately compiled
-# programs: a functional state's lazily created entries (SGD's momentum buffer) add a lax.cond,
+# programs: a functional state's lazily created entries (SGD's momentum buffer) add a select,
 # and XLA contracts multiply-adds by the surrounding graph, so results may differ by ulps.
 FUNCTIONAL_VS_OBJECT = {"float64": 1e-13, "float32": 1e-6}
 
