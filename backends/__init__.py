@@ -332,10 +332,11 @@ def get(name: str) -> Backend:
     return importlib.import_module(f"backends.{name}_backend").BACKEND
 
 
-def functional(rule: Rule, group: Mapping[str, Any], h: Any) -> Any:
-    """``rule`` with ``group``'s switches as pure JAX functions (:class:`backends.jax_functional.Functional`)."""
+def functional(rule: Rule, group: Mapping[str, Any], h: Any, flat: bool = False) -> Any:
+    """``rule`` with ``group``'s switches as pure JAX functions (:class:`backends.jax_functional.Functional`,
+    or with ``flat`` :class:`backends.jax_functional.FlatFunctional`)."""
     counter_dtype = get("jax").counter_dtype()
-    return importlib.import_module("backends.jax_functional").functional(rule, group, h, counter_dtype)
+    return importlib.import_module("backends.jax_functional").functional(rule, group, h, counter_dtype, flat)
 
 
 def require(module: str, *, extra: str, feature: str) -> None:

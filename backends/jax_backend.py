@@ -10,6 +10,7 @@ The operations rules use are in :mod:`backends.jax_ops`.
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,6 +50,9 @@ class JaxBackend:
     ops = JaxOps
     # A whole step is one compiled program on every platform: fused already.
     fused_devices = ("cpu", "gpu", "tpu")
+
+    def __init__(self) -> None:
+        self._counters: OrderedDict[tuple, jax.Array] = OrderedDict()
 
     def host_number(self, value: Any) -> Any:
         """A hyperparameter on the host (initial state, checkpoint checks): a float, or a 0-d NumPy array.
@@ -119,7 +123,9 @@ class JaxBackend:
         return result
 
     def match_gradients(self, grads: Any, structure: Any, params: list) -> list:
-        leaves, found_structure = jax.tree_util.tree_flatten(grads, is_leaf=_is_gradient_leaf)
+        leaves, found_structure = jax.tree_util.tree_flatten(grads)
+        if found_structure != structure:  # a None gradient is a leaf here, and a sparse one
+            leaves, found_structure = jax.tree_util.tree_flatten(grads, is_leaf=_is_gradient_leaf)
         if found_structure == structure:
             return [_checked_gradient(grad, param) for grad, param in zip(leaves, params)]
         # Only a mismatch needs the paths (slower to collect), to name what is missing or extra.
@@ -146,7 +152,17 @@ class JaxBackend:
             param.grad = None if set_to_none else jnp.zeros_like(param.grad)
 
     def store_counter(self, value: np.ndarray) -> jax.Array:
-        return jnp.array(value)
+        """Equal counts are one array (it is never donated): parameters that count alike
+        share it, and a step schedules them once (see :func:`backends.jax_functional.step`)."""
+        key = (value.dtype.str, value.item())
+        stored = self._counters.get(key)
+        if stored is None:
+            stored = self._counters[key] = jnp.array(value)
+            if len(self._counters) > 4096:  # the least recently stored count goes; never the one in use
+                self._counters.popitem(last=False)
+        else:
+            self._counters.move_to_end(key)
+        return stored
 
     def is_sparse(self, array: Any) -> bool:
         return isinstance(array, sparse.BCOO)
@@ -190,29 +206,59 @@ class JaxBackend:
         from backends.jax_functional import hyperparameters, static, step  # it traces with this backend
 
         del memory  # one compiled program per step: nothing to keep between steps but the jit cache
-        switches, numbers, values, grads, states = [], [], [], [], []
+        switches, sharing, numbers, values, grads, arrays, counters = [], [], [], [], [], [], []
         for group, params, _ in work:
             group_switches = rule.switches(group)
             switches.append(static(group_switches))
             numbers.append(hyperparameters(group, group_switches))
             values.append([p.value for p in params])
             grads.append([p.grad for p in params])
-            states.append([state.get(p, {}) for p in params])
-        # The step consumes the parameters and state: a gradient that is one of those arrays
+            group_sharing, group_arrays, group_counters = _counter_sets(rule, params, state)
+            sharing.append(group_sharing)
+            arrays.append(group_arrays)
+            counters.append(group_counters)
+        # The step consumes the parameters and state arrays: a gradient that is one of those
         # (opt.step(opt.params) for the loss |p|^2 / 2) must survive the call as its own copy.
         consumed = {id(a) for group in values for a in group}
-        consumed.update(map(id, jax.tree_util.tree_leaves(states)))
+        consumed.update(map(id, jax.tree_util.tree_leaves(arrays)))
         grads = [[jnp.copy(g) if id(g) in consumed else g for g in group_grads] for group_grads in grads]
-        new_values, new_states = step(rule, tuple(switches), numbers, values, grads, states)
-        for (_, params, _), group_values, group_states in zip(work, new_values, new_states):
-            for param, value, param_state in zip(params, group_values, group_states):
+        new_values, new_arrays, new_counters = step(
+            rule, tuple(switches), tuple(sharing), numbers, values, grads, arrays, counters
+        )
+        for (_, params, _), group_sharing, group_values, group_arrays, group_counters in zip(
+            work, sharing, new_values, new_arrays, new_counters
+        ):
+            for param, which, value, param_arrays in zip(params, group_sharing, group_values, group_arrays):
                 param.value = value
-                if param_state:
-                    state[param] = {**state.get(param, {}), **param_state}
+                advanced = group_counters[which]
+                if advanced or param_arrays:
+                    state[param] = {**state.get(param, {}), **advanced, **param_arrays}
 
     def load_state_value(self, value: Any, param: Param, dtype: str | None = None) -> jax.Array:
         array = owned_copy(value)  # never another optimizer's array: a step consumes its state
         return array.astype(dtype or param.dtype) if jnp.issubdtype(param.dtype, jnp.inexact) else array
+
+
+def _counter_sets(rule: Rule, params: list, state: dict) -> tuple[tuple[int, ...], list[dict], list[dict]]:
+    """``params``' states as (which set of counters each has, its arrays, the distinct sets).
+
+    Parameters whose counters are the same arrays share one schedule: store_counter gives equal
+    counts one array, and a step advances each set once.
+    """
+    from backends.jax_functional import split_counters
+
+    sets: dict[tuple, int] = {}
+    sharing: list[int] = []
+    arrays: list[dict] = []
+    counters: list[dict] = []
+    for param in params:
+        held, param_arrays = split_counters(rule, state.get(param, {}))
+        which = sets.setdefault(tuple(map(id, held.values())), len(counters))
+        if which == len(counters):
+            counters.append(held)
+        sharing.append(which)
+        arrays.append(param_arrays)
+    return tuple(sharing), arrays, counters
 
 
 def _where(path) -> str:
@@ -225,10 +271,10 @@ def _is_gradient_leaf(node: Any) -> bool:
 
 
 def _checked_gradient(grad: Any, param: Param) -> jax.Array | None:
+    if getattr(grad, "aval", None) == param.value.aval:
+        return grad  # the common case, decided by one comparison
     if grad is None:
         return None
-    if isinstance(grad, jax.Array) and grad.dtype == param.dtype and grad.shape == param.shape:
-        return grad  # the common case, decided without the dtype checks below
     if not isinstance(grad, (jax.Array, sparse.BCOO)):
         try:
             grad = jnp.asarray(grad)

@@ -24,7 +24,7 @@ from backends import INITIALIZED, GroupStep, Rule, Scalars, initial_state, numbe
 from backends.jax_backend import BACKEND
 from backends.jax_ops import JaxOps, TracedMath
 
-__all__ = ["Functional", "INITIALIZED", "functional", "hyperparameters", "static", "step"]
+__all__ = ["FlatFunctional", "Functional", "INITIALIZED", "functional", "hyperparameters", "ravel", "static", "step"]
 
 
 def hyperparameters(group: Mapping[str, Any], switches: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,44 +62,66 @@ def _in_precision(value: Any, precision: Any) -> Any:
     return value
 
 
-def _leaf_step(rule: Rule, shared: dict, value, grad, param_state: dict):
-    """One parameter's step inside a trace: its schedule from its own counters, then the rule."""
-    if INITIALIZED in param_state:
+def _leaf_step(rule: Rule, shared: dict, scheduled: dict, value, grad, arrays: dict):
+    """One parameter's step inside a trace: the rule, with its schedule's scalars."""
+    if INITIALIZED in arrays:
         # A functional state has a fixed structure, so lazily created entries exist from the
         # start; the rule reads them through lazy_entry, which selects between the first step's
         # value and the later steps' by this flag (computing both fuses into one pass; a
         # lax.cond would keep XLA from updating the donated buffers in place: measured, SGD
         # with momentum 5x slower).
-        held = {k: v for k, v in param_state.items() if k != INITIALIZED}
-        new_value, new_state = _leaf_step(rule, {**shared, INITIALIZED: param_state[INITIALIZED]}, value, grad, held)
-        return new_value, {**new_state, INITIALIZED: jnp.ones((), bool)}
-    counters = {k: param_state[k] for k in rule.counters}
-    arrays = {k: v for k, v in param_state.items() if k not in rule.counters}
-    scheduled, advanced = rule.schedule(TracedMath, Scalars(shared), counters)
+        held = {k: v for k, v in arrays.items() if k != INITIALIZED}
+        flagged = {**shared, INITIALIZED: arrays[INITIALIZED]}
+        new_value, new_arrays = _leaf_step(rule, flagged, scheduled, value, grad, held)
+        return new_value, {**new_arrays, INITIALIZED: jnp.ones((), bool)}
     work, work_grad = widened(BACKEND, rule, value, value), widened(BACKEND, rule, grad, value)
     precision = jnp.promote_types(jnp.finfo(work.dtype).dtype, jnp.float32)
     h = Scalars({k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
-    new_value, new_arrays = run_update(BACKEND, rule, work, work_grad, arrays, h)
-    new_state = {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
-    for key, new in new_arrays.items():  # an entry may be a list of arrays (SOAP's statistics)
+    new_value, stepped = run_update(BACKEND, rule, work, work_grad, arrays, h)
+    new_arrays = {}
+    for key, new in stepped.items():  # an entry may be a list of arrays (SOAP's statistics)
         if key in arrays:
-            new_state[key] = jax.tree_util.tree_map(lambda n, old: n.astype(old.dtype), new, arrays[key])
+            new_arrays[key] = jax.tree_util.tree_map(lambda n, old: n.astype(old.dtype), new, arrays[key])
         else:
-            new_state[key] = jax.tree_util.tree_map(lambda n: n.astype(work.dtype), new)
-    return new_value.astype(value.dtype), new_state
+            new_arrays[key] = jax.tree_util.tree_map(lambda n: n.astype(work.dtype), new)
+    return new_value.astype(value.dtype), new_arrays
 
 
-def _traced_step(rule, switches, numbers, values, grads, states):
-    """A whole step, traced: every group's coefficients, then every parameter's rule."""
-    new_values, new_states = [], []
-    for group_switches, group_numbers, group_values, group_grads, group_states in zip(
-        switches, numbers, values, grads, states
+def _schedule(rule: Rule, shared: dict, counters: dict) -> tuple[dict, dict]:
+    """A schedule's scalars from a parameter's counters, and the counters advanced (in their dtypes)."""
+    scheduled, advanced = rule.schedule(TracedMath, Scalars(shared), counters)
+    return scheduled, {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
+
+
+def _traced_step(rule, switches, sharing, numbers, values, grads, arrays, counters):
+    """A whole step, traced: every group's coefficients, each set of counters' schedule, then
+    every parameter's rule.
+
+    Parameters that count alike share their counters: ``counters[g]`` holds group ``g``'s
+    distinct sets, and ``sharing[g][i]`` says which one parameter ``i`` has, so a schedule is
+    computed (and its counters passed in and out) once per set rather than once per parameter.
+    Returns the new values, the new state arrays per parameter and the advanced sets.
+    """
+    new_values, new_arrays, new_counters = [], [], []
+    for group_switches, group_sharing, group_numbers, group_values, group_grads, group_arrays, group_counters in zip(
+        switches, sharing, numbers, values, grads, arrays, counters
     ):
         shared = _shared(rule, group_switches, group_numbers)
-        stepped = [_leaf_step(rule, shared, *leaf) for leaf in zip(group_values, group_grads, group_states)]
+        schedules = [_schedule(rule, shared, held) for held in group_counters]
+        stepped = [
+            _leaf_step(rule, shared, schedules[which][0], *leaf)
+            for which, *leaf in zip(group_sharing, group_values, group_grads, group_arrays)
+        ]
         new_values.append([value for value, _ in stepped])
-        new_states.append([param_state for _, param_state in stepped])
-    return new_values, new_states
+        new_arrays.append([leaf_arrays for _, leaf_arrays in stepped])
+        new_counters.append([advanced for _, advanced in schedules])
+    return new_values, new_arrays, new_counters
+
+
+def split_counters(rule: Rule, state: Mapping[str, Any]) -> tuple[dict, dict]:
+    """A parameter's state as (its counters, its arrays)."""
+    arrays = dict(state)
+    return {k: arrays.pop(k) for k in rule.counters if k in arrays}, arrays
 
 
 def _traced_step_scalars(rule, switches, numbers, values, grads, states):
@@ -114,9 +136,10 @@ def _traced_step_scalars(rule, switches, numbers, values, grads, states):
 #: The object-oriented step's ``step_scalars``: one program per step's shapes.
 step_scalars = jax.jit(_traced_step_scalars, static_argnums=(0, 1))
 
-#: The object-oriented step: one program for the whole step (switches compiled in).  It
-#: donates the parameters and state it replaces, so XLA writes the new ones in their place.
-step = jax.jit(_traced_step, static_argnums=(0, 1), donate_argnums=(3, 5))
+#: The object-oriented step: one program for the whole step (switches and counter sharing
+#: compiled in).  It donates the parameters and state arrays it replaces, so XLA writes the new
+#: ones in their place; not the counters, which many parameters' states hold as one array.
+step = jax.jit(_traced_step, static_argnums=(0, 1, 2), donate_argnums=(4, 6))
 
 
 class Functional(NamedTuple):
@@ -145,11 +168,78 @@ class Functional(NamedTuple):
         return TracedMath.float(value)
 
 
-def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type) -> Functional:
+class FlatFunctional(NamedTuple):
+    """:class:`Functional` over flat parameters: one vector per dtype instead of a pytree.
+
+    ``flat, unravel = ravel(params)`` makes the flat parameters (a dict from dtype name to a
+    1-D array) and the function that gives the pytree back; ``init`` and ``update`` are
+    :class:`Functional`'s, on that dict.  Differentiating the loss with respect to ``flat``
+    (through ``unravel``) gives flat gradients directly.  A step then runs a few long loops
+    instead of one short one per leaf, which on many small leaves is most of its cost.
+    Only for elementwise rules, which step a flat vector exactly as they step each leaf.
+    """
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+    hyperparams: dict[str, Any]
+    ravel: Callable[[Any], tuple[dict[str, jax.Array], Callable[[Any], Any]]]
+
+
+def ravel(params: Any) -> tuple[dict[str, jax.Array], Callable[[Any], Any]]:
+    """``params`` as one flat vector per dtype (in leaf order), and the function that unravels them.
+
+    Jittable both ways; leaves keep their dtypes (unlike ``jax.flatten_util.ravel_pytree``,
+    which promotes every leaf to one dtype).
+    """
+    leaves, structure = jax.tree_util.tree_flatten(params)
+    shapes = [jnp.shape(leaf) for leaf in leaves]
+    members: dict[str, list[int]] = {}
+    for index, leaf in enumerate(leaves):
+        members.setdefault(jnp.result_type(leaf).name, []).append(index)
+    flat = {dtype: jnp.concatenate([jnp.ravel(leaves[i]) for i in indices]) for dtype, indices in members.items()}
+
+    def unravel(flat: Mapping[str, jax.Array]) -> Any:
+        unravelled: list[Any] = [None] * len(shapes)
+        for dtype, indices in members.items():
+            ends = np.cumsum([int(np.prod(shapes[i])) for i in indices])
+            for i, part in zip(indices, jnp.split(flat[dtype], ends[:-1])):
+                unravelled[i] = part.reshape(shapes[i])
+        return jax.tree_util.tree_unflatten(structure, unravelled)
+
+    return flat, unravel
+
+
+#: The primitives of an elementwise rule: each output element depends on the same element of
+#: each input and on scalars only (``jit`` only nests others; broadcasts are checked to be of
+#: scalars).  A rule made of nothing else steps a flat vector exactly as it steps each leaf.
+_ELEMENTWISE = frozenset(
+    """abs add sub mul div neg sign sqrt rsqrt pow integer_pow exp exp2 log log1p expm1 tanh logistic
+    max min clamp select_n convert_element_type eq ne lt le gt ge and or not is_finite square copy
+    copy_p floor ceil round nextafter jit pjit custom_jvp_call broadcast_in_dim""".split()
+)
+
+
+def _not_elementwise(jaxpr: Any) -> set[str]:
+    """The primitives of ``jaxpr`` (and of the programs it nests) that are not elementwise."""
+    found = set()
+    for equation in jaxpr.eqns:
+        name = equation.primitive.name
+        if name not in _ELEMENTWISE or (name == "broadcast_in_dim" and equation.invars[0].aval.shape):
+            found.add(name)
+        for param in equation.params.values():
+            for nested in param if isinstance(param, (tuple, list)) else (param,):
+                nested = getattr(nested, "jaxpr", nested)  # a ClosedJaxpr's
+                if hasattr(nested, "eqns"):
+                    found |= _not_elementwise(nested)
+    return found
+
+
+def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type, flat: bool = False) -> Any:
     """The pure form of ``rule`` with ``group``'s switches and (default) hyperparameters.
 
     ``update`` runs the traced step :func:`step` compiles for the object-oriented
-    ``step()``; only its inputs come from the caller instead of the optimizer.
+    ``step()``; only its inputs come from the caller instead of the optimizer.  With
+    ``flat``, a :class:`FlatFunctional`, if the rule is elementwise.
     """
     group_switches = rule.switches(group)
     switches = (static(group_switches),)
@@ -161,7 +251,6 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
     def init(params: Any) -> Any:
         leaves, structure = jax.tree_util.tree_flatten(params)
         shared = _shared(rule, switches[0], {**defaults, **group_counters})
-        counters = {name: jnp.asarray(value) for name, value in group_counters.items()}
         states = []
         for leaf in leaves:
             value = jnp.asarray(leaf)
@@ -170,14 +259,15 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
             )
             # Entries the rule creates at its first step (SGD's momentum buffer) exist from
             # the start here, as zeros, so the state's structure never changes.
-            _, stepped = jax.eval_shape(lambda s, value=value: _leaf_step(rule, shared, value, value, s), state)
+            _, stepped = jax.eval_shape(lambda s, value=value: _first_step(rule, shared, value, s), state)
             lazy = {
                 k: jax.tree_util.tree_map(lambda v, value=value: _placed_like(jnp.zeros(v.shape, v.dtype), value), v)
                 for k, v in stepped.items()
                 if k not in state
             }
             state = {**state, **lazy, INITIALIZED: jnp.zeros((), bool)} if lazy else state
-            states.append({**state, **counters})
+            # Every leaf's arrays are its own, so the state can be donated.
+            states.append({**state, **{name: jnp.array(value) for name, value in group_counters.items()}})
         return jax.tree_util.tree_unflatten(structure, states)
 
     @jax.jit
@@ -198,22 +288,51 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
             advanced = rule.advance_group(TracedMath, {**numbers, **held})
             numbers = {**numbers, **advanced}
             counters = {name: jnp.asarray(advanced[name]).astype(held[name].dtype) for name in group_counters}
-        new_values, new_states = _traced_step(
+        split = [split_counters(rule, states[i]) for i in stepping]
+        new_values, new_arrays, new_counters = _traced_step(
             rule,
             switches,
+            (tuple(range(len(stepping))),),  # every leaf's counters are its own
             [numbers],
             [[values[i] for i in stepping]],
             [step_grads],
-            [[states[i] for i in stepping]],
+            [[leaf_arrays for _, leaf_arrays in split]],
+            [[leaf_counters for leaf_counters, _ in split]],
         )
         values, states = list(values), list(states)
-        for i, value, leaf_state in zip(stepping, new_values[0], new_states[0]):
-            values[i], states[i] = value, leaf_state
+        for i, value, leaf_arrays, leaf_counters in zip(stepping, new_values[0], new_arrays[0], new_counters[0]):
+            values[i], states[i] = value, {**states[i], **leaf_counters, **leaf_arrays}
         if held:
             states = [{**leaf_state, **counters} for leaf_state in states]
         return jax.tree_util.tree_unflatten(structure, values), jax.tree_util.tree_unflatten(structure, states)
 
-    return Functional(init, update, {k: _plain(v) for k, v in defaults.items()})
+    plain_defaults = {k: _plain(v) for k, v in defaults.items()}
+    if not flat:
+        return Functional(init, update, plain_defaults)
+    # One parameter's whole step (both branches of its lazily created entries), on a vector.
+    vector = jnp.zeros((2,), jnp.float32)
+    shared = _shared(rule, switches[0], {**defaults, **group_counters})
+
+    def leaf_step(value, grad, arrays, counters):
+        return _leaf_step(rule, shared, _schedule(rule, shared, counters)[0], value, grad, arrays)
+
+    try:
+        counters, arrays = split_counters(rule, {k: v for k, v in init([vector])[0].items() if k not in group_counters})
+        mixing = _not_elementwise(jax.make_jaxpr(leaf_step)(vector, vector, arrays, counters).jaxpr)
+    except Exception as error:  # a rule for matrices only (Muon)
+        raise ValueError(f"this rule does not step a flat vector: {error}") from error
+    if mixing:
+        raise ValueError(
+            f"this rule is not elementwise (it uses {', '.join(sorted(mixing))}), so a flat vector of "
+            "parameters would not step as the parameters do: use the per-leaf functional form"
+        )
+    return FlatFunctional(init, update, plain_defaults, ravel)
+
+
+def _first_step(rule: Rule, shared: dict, value: Any, state: dict) -> tuple[Any, dict]:
+    """A parameter's first step (its gradient: itself), for the state entries it creates."""
+    counters, arrays = split_counters(rule, state)
+    return _leaf_step(rule, shared, _schedule(rule, shared, counters)[0], value, value, arrays)
 
 
 def _as_dtype(grad: Any, dtype: Any) -> Any:
@@ -225,9 +344,12 @@ def _shared(rule: Rule, switches: tuple, numbers: Mapping[str, Any]) -> dict:
 
 
 def _placed_like(array: jax.Array, like: jax.Array) -> jax.Array:
-    """``array`` with ``like``'s sharding, so state lives where its parameter lives."""
+    """``array`` with ``like``'s sharding, so state lives where its parameter lives; a copy of its own
+    (counters are shared between the object step's parameters, a donated functional state's are not)."""
     sharding = getattr(like, "sharding", None)
-    return jax.device_put(array, sharding) if sharding is not None and array.shape == like.shape else array
+    if sharding is not None and array.shape == like.shape:
+        return jax.device_put(array, sharding, may_alias=False)
+    return jnp.array(array, copy=True)
 
 
 def _flatten_like(structure: Any, tree: Any, what: str) -> list:

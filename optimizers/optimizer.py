@@ -247,7 +247,7 @@ class Optimizer(torch.optim.Optimizer):
         raise NotImplementedError("an Optimizer subclass defines update() (its rule) or overrides step()")
 
     @_ClassOrInstanceMethod
-    def functional(where: Any, group: int = 0, /, **hyperparameters: Any) -> Any:
+    def functional(where: Any, group: int = 0, /, *, flat: bool = False, **hyperparameters: Any) -> Any:
         """The optimizer as pure JAX functions: ``init(params)`` and ``update(grads, state, params, hyperparams)``.
 
         From the class, as optax users write ``optax.adamw(1e-3)``::
@@ -261,6 +261,9 @@ class Optimizer(torch.optim.Optimizer):
         whether there is weight decay) are fixed; ``update`` takes numeric
         hyperparameters as data.  It runs the same traced step as :meth:`step` on the
         JAX backend.  See :class:`backends.jax_functional.Functional`.
+
+        ``flat=True`` gives the form over flat parameters (one vector per dtype, made by its
+        ``ravel``), for elementwise rules: see :class:`backends.jax_functional.FlatFunctional`.
         """
         if isinstance(where, type):
             # The constructor validates and fills in the defaults; one placeholder parameter (a
@@ -274,7 +277,9 @@ class Optimizer(torch.optim.Optimizer):
         if type(where).update is Optimizer.update:
             raise TypeError(f"{type(where).__name__} has no per-parameter rule, so no functional form")
         chosen = where.param_groups[group]
-        return backends.functional(where._rule, chosen, where._host_scalars(chosen, backend=backends.get("jax")))
+        return backends.functional(
+            where._rule, chosen, where._host_scalars(chosen, backend=backends.get("jax")), flat=flat
+        )
 
     # -- parameters -------------------------------------------------------------------
 

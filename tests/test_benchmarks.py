@@ -20,7 +20,7 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
             "torch.optim foreach",
             "torch.optim fused",
         }
-        expected = torch_side | {"ours jax", "ours jax functional", "optax jit donated"}
+        expected = torch_side | {"ours jax", "ours jax program", "ours jax functional", "optax jit donated"}
         assert set(contenders) == expected
         for name, figures in contenders.items():
             assert figures["median_s"] > 0 and figures["bytes_per_s"] > 0
@@ -34,6 +34,12 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
         assert allocated["ours default"] < 16 * 16 * 4 and allocated["ours fused"] < 16 * 16 * 4
         if result["algorithm"] == "Adam":
             assert allocated["torch.optim for-loop"] >= 16 * 16 * 4
+    breakdown = {(b["set"], b["algorithm"]): b for b in report["jax_step_breakdown_s"]}
+    assert set(breakdown) == {("tiny", "SGD"), ("tiny", "Adam")}
+    for (_, algorithm), figures in breakdown.items():
+        result = next(r for r in report["results"] if r["algorithm"] == algorithm)
+        assert figures["program"] == result["contenders"]["ours jax program"]["median_s"]
+        assert figures["python"] == result["contenders"]["ours jax"]["median_s"] - figures["program"]
 
 
 def test_the_table_names_each_set_and_contender(capsys):

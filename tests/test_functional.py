@@ -103,6 +103,75 @@ def test_a_donated_update_with_lazily_created_state_updates_every_array_in_place
     assert not copied, "\n".join(copied)
 
 
+# (class, options, whether its rule with these options is elementwise: known from its equations)
+FLAT_CASES = [(entry.name, entry.options, entry.name not in ("Adafactor", "Muon")) for entry in ENTRIES] + [
+    ("Lion", dict(lr=1e-3, weight_decay=0.1), True),
+    ("AdEMAMix", dict(lr=1e-2, alpha=2.0), True),
+    ("Adan", dict(lr=1e-2, weight_decay=0.02), True),
+    ("ScheduleFreeAdamW", dict(lr=1e-2, warmup_steps=2), True),
+    ("Prodigy", dict(lr=1.0), True),
+    ("Lars", dict(lr=0.1, momentum=0.9), True),  # no weight decay: no trust ratio, torch's SGD
+    ("Lars", dict(lr=0.1, momentum=0.9, weight_decay=1e-2), False),
+    ("Lamb", dict(lr=1e-2), False),
+    ("SOAP", dict(lr=1e-2), False),
+]
+
+
+def mixed_params():
+    """Two dtypes, so two flat vectors; a scalar leaf among matrices."""
+    params = model_params()
+    return {**params, "scale": params["scale"].astype(jnp.float32)}
+
+
+@pytest.mark.parametrize(
+    "name, options, elementwise", FLAT_CASES, ids=[f"{n}-{i}" for i, (n, *_) in enumerate(FLAT_CASES)]
+)
+def test_the_flat_form_steps_every_leaf_as_the_per_leaf_form(name, options, elementwise):
+    cls = getattr(optimizers, name)
+    if not elementwise:
+        with pytest.raises(ValueError, match="not elementwise|does not step a flat vector"):
+            cls.functional(flat=True, **options)
+        return
+    form, flat_form = cls.functional(**options), cls.functional(flat=True, **options)
+    params = mixed_params()
+    flat, unravel = flat_form.ravel(params)
+    assert {dtype: vector.shape for dtype, vector in flat.items()} == {"float64": (15,), "float32": (1,)}
+    state, flat_state = form.init(params), flat_form.init(flat)
+    update, flat_update, gradient = jax.jit(form.update), jax.jit(flat_form.update), jax.jit(jax.grad(loss_fn))
+    for inputs, targets in batches(6):
+        grads = gradient(params, inputs, targets)
+        params, state = update(grads, state, params)
+        flat, flat_state = flat_update(flat_form.ravel(grads)[0], flat_state, flat)
+    # Not bit for bit: XLA:CPU contracts a multiply and an add into one rounding in some programs
+    # and not in others (Lion's flat step fuses p * (1 - lr wd) - lr sign(u), where torch and the
+    # per-leaf program round twice): at most 2 ulps of each leaf's scale.  Prodigy's estimate d sums
+    # <g, x0 - x> over every element, one flat sum against a sum of per-leaf sums, and the sum
+    # cancels: d, and so a zero-started bias's whole value, 3.8e-13 apart.
+    ulps = 4 * 1e3 if name == "Prodigy" else 4
+    for got, expected in zip(leaves(unravel(flat)), leaves(params), strict=True):
+        assert got.dtype == expected.dtype
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ulps * np.finfo(got.dtype).eps * scale)
+
+
+def test_a_training_step_differentiates_through_unravel_for_flat_gradients():
+    """The README's loop: parameters live flat, the loss unravels them, the gradient comes flat."""
+    form = optimizers.Adam.functional(lr=1e-2, flat=True)
+    flat, unravel = form.ravel(mixed_params())
+
+    @jax.jit
+    def train_step(flat, state, inputs, targets):
+        grads = jax.grad(lambda flat: loss_fn(unravel(flat), inputs, targets))(flat)
+        return form.update(grads, state, flat)
+
+    state = form.init(flat)
+    per_leaf = optimizers.Adam(mixed_params(), lr=1e-2)
+    for inputs, targets in batches(4):
+        flat, state = train_step(flat, state, inputs, targets)
+        per_leaf.step(jax.grad(loss_fn)(per_leaf.params, inputs, targets))
+    assert_close_trees(unravel(flat), per_leaf.params, rtol=1e-6)  # float32 "scale": its rounding
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=repr)
 def test_the_state_pytree_holds_torch_optims_entries_per_leaf(entry):
     optimizer = entry.ours(model_params(entry=entry), **entry.options)

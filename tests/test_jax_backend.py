@@ -332,16 +332,45 @@ def test_deepcopy_and_pickle_of_a_jax_optimizer():
             np.testing.assert_array_equal(a, b)
 
 
+def test_parameters_that_count_alike_share_one_counter_and_step_as_with_their_own():
+    """One counter array per distinct count (one schedule in the program), split when some
+    parameters skip a step, joined again by a checkpoint; the trajectory is torch.optim's."""
+    params = tree()
+    grads = [ones_like(params), {"dense": {"w": jnp.full((2, 3), 0.5), "b": None}, "scale": jnp.asarray(-1.0)}]
+    opt = optimizers.Adam(params, lr=0.1)
+    tensors = {
+        k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in jax.tree_util.tree_leaves_with_path(params)
+    }
+    reference = torch.optim.Adam(list(tensors.values()), lr=0.1)
+    for step_grads in grads + grads:
+        opt.step(step_grads)
+        for grad, tensor in zip(jax.tree_util.tree_leaves(step_grads, is_leaf=lambda x: x is None), tensors.values()):
+            tensor.grad = None if grad is None else torch.tensor(np.asarray(grad))
+        reference.step()
+    counts = {p.path: s["step"] for p, s in opt.state.items()}
+    assert {k: float(v) for k, v in counts.items()} == {"['dense']['b']": 2.0, "['dense']['w']": 4.0, "['scale']": 4.0}
+    assert counts["['dense']['w']"] is counts["['scale']"]
+    for value, tensor in zip(jax.tree_util.tree_leaves(opt.params), tensors.values()):
+        np.testing.assert_allclose(np.asarray(value), tensor.detach().numpy(), rtol=1e-12)
+    loaded = optimizers.Adam(tree(), lr=0.1)
+    loaded.load_state_dict(reference.state_dict())
+    assert len({id(s["step"]) for s in loaded.state.values()}) == 2  # the counts 2 and 4
+
+
 def test_a_step_consumes_the_arrays_it_replaces_and_never_the_users():
-    """The step donates the parameters and state it holds, so XLA updates them in place; the
-    arrays the user constructed it with, and gradients that alias what it consumes, survive."""
+    """The step donates the parameters and state arrays it holds, so XLA updates them in place;
+    the arrays the user constructed it with, gradients that alias what it consumes, and the
+    step counters (one array for every parameter that counts alike) survive."""
     given = tree()
     opt = optimizers.Adam(given, lr=0.1)
     opt.step(ones_like(given))
     held_params = jax.tree_util.tree_leaves(opt.params)
-    held_state = [v for s in opt.state_dict()["state"].values() for v in s.values()]
+    held_state = [v for s in opt.state_dict()["state"].values() for k, v in s.items() if k != "step"]
+    (held_step,) = {id(s["step"]): s["step"] for s in opt.state_dict()["state"].values()}.values()
     opt.step(ones_like(given))
     assert all(a.is_deleted() for a in held_params + held_state)
+    assert not held_step.is_deleted() and float(held_step) == 1.0
+    assert len({id(s["step"]) for s in opt.state.values()}) == 1 and float(next(iter(opt.state.values()))["step"]) == 2
     assert not any(a.is_deleted() for a in jax.tree_util.tree_leaves(given))
     np.testing.assert_array_equal(given["dense"]["w"], np.arange(6.0).reshape(2, 3))
     # opt.step(opt.params): the gradient of |p|^2 / 2 is the parameter array itself.
