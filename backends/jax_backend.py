@@ -230,9 +230,13 @@ class JaxBackend:
         ):
             for param, which, value, param_arrays in zip(params, group_sharing, group_values, group_arrays):
                 param.value = value
+                # In place, as torch.optim updates its state (and a new dict per parameter per
+                # step would be garbage for Python's collector, whose passes cost more than this).
                 advanced = group_counters[which]
                 if advanced or param_arrays:
-                    state[param] = {**state.get(param, {}), **advanced, **param_arrays}
+                    param_state = state[param]
+                    param_state.update(advanced)
+                    param_state.update(param_arrays)
 
     def load_state_value(self, value: Any, param: Param, dtype: str | None = None) -> jax.Array:
         array = owned_copy(value)  # never another optimizer's array: a step consumes its state

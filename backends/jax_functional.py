@@ -118,10 +118,15 @@ def _traced_step(rule, switches, sharing, numbers, values, grads, arrays, counte
     return new_values, new_arrays, new_counters
 
 
-def split_counters(rule: Rule, state: Mapping[str, Any]) -> tuple[dict, dict]:
-    """A parameter's state as (its counters, its arrays)."""
+def split_counters(rule: Rule, state: dict) -> tuple[dict, dict]:
+    """A parameter's state as (its counters, its arrays): ``state`` itself where the rule counts nothing."""
+    if not rule.counters:
+        return _NO_COUNTERS, state
     arrays = dict(state)
     return {k: arrays.pop(k) for k in rule.counters if k in arrays}, arrays
+
+
+_NO_COUNTERS: dict = {}
 
 
 def _traced_step_scalars(rule, switches, numbers, values, grads, states):
