@@ -181,7 +181,9 @@ class FlatFunctional(NamedTuple):
     :class:`Functional`'s, on that dict.  Differentiating the loss with respect to ``flat``
     (through ``unravel``) gives flat gradients directly.  A step then runs a few long loops
     instead of one short one per leaf, which on many small leaves is most of its cost.
-    Only for elementwise rules, which step a flat vector exactly as they step each leaf.
+    Only for elementwise rules, which step a flat vector element for element as they step
+    each leaf (to XLA's rounding, which may contract a multiply-add in one program and not in
+    another; sums over every parameter, as Prodigy's, run in another order).
     """
 
     init: Callable[[Any], Any]
@@ -216,7 +218,7 @@ def ravel(params: Any) -> tuple[dict[str, jax.Array], Callable[[Any], Any]]:
 
 #: The primitives of an elementwise rule: each output element depends on the same element of
 #: each input and on scalars only (``jit`` only nests others; broadcasts are checked to be of
-#: scalars).  A rule made of nothing else steps a flat vector exactly as it steps each leaf.
+#: scalars).  A rule made of nothing else steps a flat vector element for element as each leaf.
 _ELEMENTWISE = frozenset(
     """abs add sub mul div neg sign sqrt rsqrt pow integer_pow exp exp2 log log1p expm1 tanh logistic
     max min clamp select_n convert_element_type eq ne lt le gt ge and or not is_finite square copy
