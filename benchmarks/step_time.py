@@ -7,6 +7,7 @@
     python -m benchmarks.step_time --sets scale-1M,scale-10M,scale-100M --algorithms Adam
                                                          # per-step time as the model grows
     python -m benchmarks.step_time --graphs              # graphs of a torch.compile'd training step
+    python -m benchmarks.step_time --compile-latency     # fused=True's first step, cold and warm cache
 
 Every contender runs in this one process, interleaved round by round, so machine noise
 hits them alike; the report gives medians, ratios to each anchor, achieved bytes/s and
@@ -95,7 +96,7 @@ def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], No
 
     reference = getattr(torch.optim, name)
     ours = getattr(optimizers, name)
-    fused = "fused" in reference.__init__.__code__.co_varnames
+    fused = _torch_optim_has_fused(name)
     contenders = {"ours default": make(ours), "ours foreach": make(ours, foreach=True)}
     if fused:
         contenders["ours fused"] = make(ours, fused=True)
@@ -186,6 +187,77 @@ def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None
     for step in contenders.values():
         step()  # compile before timing
     return contenders
+
+
+def _torch_optim_has_fused(name: str) -> bool:
+    import torch
+
+    return "fused" in getattr(torch.optim, name).__init__.__code__.co_varnames
+
+
+#: Run in a fresh interpreter: the first three steps of one of our fused optimizers, timed.
+_FIRST_STEPS = """
+import json, sys, time, torch, optimizers
+name, shapes, options = json.loads(sys.argv[1])
+generator = torch.Generator().manual_seed(0)
+params = [torch.randn(shape, generator=generator, requires_grad=True) for shape in shapes]
+for p in params:
+    p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+optimizer = getattr(optimizers, name)(params, **options, fused=True)
+seconds = []
+for _ in range(3):
+    began = time.perf_counter()
+    optimizer.step()
+    seconds.append(time.perf_counter() - began)
+print(json.dumps(seconds))
+"""
+
+
+def compile_latency(sets: list[str], algorithms: list[str]) -> dict:
+    """Seconds of our ``fused=True`` first step (it compiles the plan), per set and algorithm
+    with a fused torch.optim counterpart: in a fresh process with an empty Inductor cache
+    ("cold"), then in another with the cache the first left ("warm"), beside the third step.
+    torch.optim's fused kernels are compiled ahead of time: their first step compiles nothing."""
+    import os
+    import subprocess
+    import tempfile
+
+    results: dict = {}
+    for set_name in sets:
+        for name in filter(_torch_optim_has_fused, algorithms):
+            arguments = json.dumps([name, SETS[set_name], OPTIONS[name]])
+            with tempfile.TemporaryDirectory() as cache:
+                environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+                cold, warm = (
+                    json.loads(
+                        subprocess.run(
+                            [sys.executable, "-c", _FIRST_STEPS, arguments],
+                            capture_output=True,
+                            text=True,
+                            env=environment,
+                            check=True,
+                        ).stdout.splitlines()[-1]
+                    )
+                    for _ in range(2)
+                )
+            results.setdefault(set_name, {})[name] = {
+                "cold_first_step_s": cold[0],
+                "warm_first_step_s": warm[0],
+                "third_step_s": warm[2],
+            }
+    return results
+
+
+def latency_table(results: dict) -> str:
+    lines = [
+        "ours fused=True: the first step, which compiles (fresh process; empty, then warm Inductor cache)",
+        f"  {'set':<11} {'algorithm':<10} {'cold s':>8} {'warm s':>8} {'third step ms':>14}",
+    ]
+    for set_name, algorithms in results.items():
+        for name, figures in algorithms.items():
+            cold, warm, third = figures["cold_first_step_s"], figures["warm_first_step_s"], figures["third_step_s"]
+            lines.append(f"  {set_name:<11} {name:<10} {cold:>8.2f} {warm:>8.2f} {1e3 * third:>14.3f}")
+    return "\n".join(lines)
 
 
 def _program_of(optimizer, grads) -> Callable[[], None]:
@@ -445,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", default="SGD,Adam", help=f"comma-separated, from {', '.join(OPTIONS)}; or all")
     parser.add_argument("--no-jax", action="store_true", help="torch contenders only")
     parser.add_argument("--graphs", action="store_true", help="count a compiled training step's graphs instead")
+    parser.add_argument(
+        "--compile-latency", action="store_true", help="time fused=True's first step (cold and warm cache) instead"
+    )
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per contender (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
@@ -459,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.graphs:
         results = compiled_step_graphs(algorithms)
         print(json.dumps(results, indent=2) if args.json else graphs_table(results))
+        return 0
+    if args.compile_latency:
+        latencies = compile_latency(sets, algorithms)
+        print(json.dumps(latencies, indent=2) if args.json else latency_table(latencies))
         return 0
     report = run(sets, algorithms, args.rounds, jax_too=not args.no_jax)
     print(json.dumps(report, indent=2) if args.json else table(report))

@@ -79,3 +79,12 @@ def test_the_compiled_step_graph_count_is_reported(capsys):
     assert set(results["SGD"]) == {"training step", "opt.step"}
     for sides in results["SGD"].values():
         assert set(sides) == {"ours", "torch.optim"} and all(figures["graphs"] >= 1 for figures in sides.values())
+
+
+def test_the_first_fused_step_is_timed_cold_and_warm(capsys):
+    assert step_time.main(["--compile-latency", "--sets", "tiny", "--algorithms", "SGD,Rprop", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert list(results) == ["tiny"] and list(results["tiny"]) == ["SGD"]  # torch.optim's Rprop has no fused
+    figures = results["tiny"]["SGD"]
+    assert set(figures) == {"cold_first_step_s", "warm_first_step_s", "third_step_s"}
+    assert all(seconds > 0 for seconds in figures.values())
