@@ -439,13 +439,14 @@ class Optimizer(torch.optim.Optimizer):
         """
         backend = self._backend
         for group, params in stepping:
-            fused = bool(group.get("fused"))
-            if fused or self.complex_parameters_error:
-                values = list(map(backend.value, params))
-                unsupported = fused and [
-                    v
-                    for v in values
-                    if backend.floating_bits(v) is None or backend.device_type(v) not in backend.fused_devices
+            if group.get("fused"):
+                # Once per parameter, at its first step, as torch.optim checks (not every step).
+                checked = self.__dict__.setdefault("_fused_checked", set())
+                first = [backend.value(p) for p in params if id(p) not in checked]
+                unsupported = [
+                    value
+                    for value in first
+                    if backend.floating_bits(value) is None or backend.device_type(value) not in backend.fused_devices
                 ]
                 if unsupported:
                     value = unsupported[0]
@@ -453,8 +454,9 @@ class Optimizer(torch.optim.Optimizer):
                         "`fused=True` requires all the params to be floating point Tensors of supported "
                         f"devices: {list(backend.fused_devices)} but {value.dtype} and {backend.device_type(value)}"
                     )
-                if self.complex_parameters_error and any(map(backend.is_complex, values)):
-                    raise RuntimeError(self.complex_parameters_error)
+                checked.update(id(p) for p in params)
+            if self.complex_parameters_error and any(backend.is_complex(backend.value(p)) for p in params):
+                raise RuntimeError(self.complex_parameters_error)
             if self.sparse_gradients_error or self.dense_gradients_error:
                 sparse = [backend.is_sparse(param.grad) for param in params]
                 if self.sparse_gradients_error and any(sparse):
