@@ -319,13 +319,10 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
     # One parameter's whole step (both branches of its lazily created entries), on a vector.
     vector = jnp.zeros((2,), jnp.float32)
     shared = _shared(rule, switches[0], {**defaults, **group_counters})
-
-    def leaf_step(value, grad, arrays, counters):
-        return _leaf_step(rule, shared, _schedule(rule, shared, counters)[0], value, grad, arrays)
-
     try:
-        counters, arrays = split_counters(rule, {k: v for k, v in init([vector])[0].items() if k not in group_counters})
-        mixing = _not_elementwise(jax.make_jaxpr(leaf_step)(vector, vector, arrays, counters).jaxpr)
+        state = {k: v for k, v in init([vector])[0].items() if k not in group_counters}
+        first_step = jax.make_jaxpr(lambda value, state: _first_step(rule, shared, value, state))
+        mixing = _not_elementwise(first_step(vector, state).jaxpr)
     except Exception as error:  # a rule for matrices only (Muon)
         raise ValueError(f"this rule does not step a flat vector: {error}") from error
     if mixing:

@@ -133,60 +133,52 @@ def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None
         "SGD": optax.sgd(OPTIONS["SGD"]["lr"], momentum=OPTIONS["SGD"]["momentum"]),
         "Adam": optax.adam(OPTIONS["Adam"]["lr"]),
     }[name]
-    box = {"params": tree()}
-    box["state"] = transformation.init(box["params"])
 
-    @jax.jit
     def optax_update(params, state, grads):
         updates, state = transformation.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    optax_update = jax.jit(optax_update, donate_argnums=(0, 1))
-
-    def optax_step():
-        box["params"], box["state"] = optax_update(box["params"], box["state"], grads)
-        jax.block_until_ready(box["params"])
-
     form = getattr(optimizers, name)(tree(), **OPTIONS[name]).functional()
-    functional_box = {"params": tree()}
-    functional_box["state"] = form.init(functional_box["params"])
-
-    # As a training step takes it: (params, state) in and out in the same order, so XLA pairs
-    # each donated buffer with its own successor (donating update's own (state, params)
-    # argument order would pair new params with old moments' buffers and force copies).
-    def functional_update(params, state, grads):
-        return form.update(grads, state, params)
-
-    functional_update = jax.jit(functional_update, donate_argnums=(0, 1))
-
-    def functional_step():
-        functional_box["params"], functional_box["state"] = functional_update(
-            functional_box["params"], functional_box["state"], grads
-        )
-        jax.block_until_ready(functional_box["params"])
-
     # Parameters, state and gradients as one vector per dtype (the gradient of a loss written
     # over ``unravel(flat)`` comes flat): a few long loops instead of one short one per leaf.
     flat_form = getattr(optimizers, name)(tree(), **OPTIONS[name]).functional(flat=True)
-    flat_box = {"params": flat_form.ravel(tree())[0]}
-    flat_box["state"] = flat_form.init(flat_box["params"])
-    flat_grads = flat_form.ravel(grads)[0]
-    flat_update = jax.jit(lambda params, state, grads: flat_form.update(grads, state, params), donate_argnums=(0, 1))
 
-    def flat_step():
-        flat_box["params"], flat_box["state"] = flat_update(flat_box["params"], flat_box["state"], flat_grads)
-        jax.block_until_ready(flat_box["params"])
+    def in_loop_order(update):  # ours: update(grads, state, params)
+        return lambda params, state, grads: update(grads, state, params)
 
+    flat_params, flat_grads = flat_form.ravel(tree())[0], flat_form.ravel(grads)[0]
     contenders = {
         "ours jax": ours_step,
         "ours jax program": _program_of(ours, grads),
-        "ours jax functional": functional_step,
-        "ours jax functional flat": flat_step,
-        "optax jit donated": optax_step,
+        "ours jax functional": _donated_loop(form.init, in_loop_order(form.update), tree(), grads),
+        "ours jax functional flat": _donated_loop(
+            flat_form.init, in_loop_order(flat_form.update), flat_params, flat_grads
+        ),
+        "optax jit donated": _donated_loop(transformation.init, optax_update, tree(), grads),
     }
     for step in contenders.values():
         step()  # compile before timing
     return contenders
+
+
+def _donated_loop(init, update, params, grads) -> Callable[[], None]:
+    """A training loop's step: ``update(params, state, grads) -> (params, state)`` jitted with
+    the parameters and state donated.
+
+    (params, state) go in and come out in the same order, so XLA pairs each donated buffer with
+    its own successor (donating our update's own (state, params) argument order would pair new
+    params with old moments' buffers and force copies).
+    """
+    import jax
+
+    box = {"params": params, "state": init(params)}
+    step_update = jax.jit(update, donate_argnums=(0, 1))
+
+    def step():
+        box["params"], box["state"] = step_update(box["params"], box["state"], grads)
+        jax.block_until_ready(box["params"])
+
+    return step
 
 
 def _torch_optim_has_fused(name: str) -> bool:
