@@ -41,6 +41,7 @@ class Rule(NamedTuple):
     initial_counters: tuple[Any, ...]  # their values before the first step (see counter_array)
     real_view: bool  # complex parameters and their state go through update as (real, imag) pairs
     state_dtype: str | None = None  # "float32": narrower real parameters step and keep state in it
+    bucket_view: bool = False  # fused: parameters and gradients live in the flat buckets, as views
     # step_scalars(ops, math, groups: list[GroupStep]) -> dict of numbers from every group's
     # parameters, gradients and state, before any parameter moves; or None
     step_scalars: Callable | None = None

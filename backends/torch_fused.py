@@ -9,8 +9,9 @@ compilation per rule, branch setting and dtype serves every parameter.
 How parameters reach it (see :class:`Piece`): a large parameter is stepped in place through
 flat views of itself, its gradient and its state; smaller ones are stepped together as one
 flat bucket, one compiled call and a few multi-tensor copies for all of them instead of a
-call each.  A rule that is not elementwise (a per-tensor norm: Lamb's and Lars's trust ratios)
-steps each parameter in place in its own shape.
+call each.  With ``bucket_view`` the bucket holds every contiguous parameter and gradient
+itself, as views, so its step is one call and no copy.  A rule that is not elementwise (a
+per-tensor norm: Lamb's and Lars's trust ratios) steps each parameter in place in its own shape.
 
 Results agree with the eager path to rounding, not bit for bit, as torch.optim's fused
 kernels agree with its for-loop: Inductor's ``sqrt`` is correctly rounded where torch's CPU
@@ -78,6 +79,7 @@ def _kernel(rule: Rule, switches: tuple, names: tuple, layout: tuple) -> Callabl
 
 
 _DTYPE, _GRAD_DTYPE = operator.attrgetter("dtype"), operator.attrgetter("grad.dtype")
+_DATA_PTR = operator.methodcaller("data_ptr")
 
 
 class Piece:
@@ -89,12 +91,23 @@ class Piece:
     ones keeps their state in flat buffers (the tensors in ``optimizer.state`` are re-pointed
     into them with ``set_`` and keep their identity); each step it gathers gradients and values
     into flat buffers it keeps, so a step allocates nothing, and copies the new values back.
+    A ``viewed`` bucket re-points the parameters, gradients and step counters into its buffers
+    as well: its step copies only a gradient that is not in its place (a new tensor after
+    ``zero_grad()``), and reads and advances the counters as one array each.
     """
 
     def __init__(
-        self, params: list, state: dict, keys: tuple, compute: torch.dtype | None, in_place: bool, shaped: bool
+        self,
+        params: list,
+        state: dict,
+        keys: tuple,
+        compute: torch.dtype | None,
+        in_place: bool,
+        shaped: bool,
+        viewed: bool,
+        counters: tuple = (),
     ) -> None:
-        self.params, self.keys, self.in_place, self.shaped = params, keys, in_place, shaped
+        self.params, self.keys, self.in_place, self.shaped, self.viewed = params, keys, in_place, shaped, viewed
         self.helds: list[Any] = [state.get(p) for p in params]
         first = params[0]
         # What a kernel is compiled for: the state entries, the dtypes it reads and computes in, and
@@ -105,16 +118,22 @@ class Piece:
             self.states = tuple(self.helds[0][key] if shaped else self.helds[0][key].view(-1) for key in keys)
         else:
             size = sum(p.numel() for p in params)
-            self.value = torch.empty(size, dtype=first.dtype, device=first.device)
+            self.value = _flatten(params) if viewed else torch.empty(size, dtype=first.dtype, device=first.device)
             self.grad = torch.empty(size, dtype=first.grad.dtype, device=first.device)
             self.values, self.grads = _shaped(self.value, params), _shaped(self.grad, params)
+            self.value_places, self.grad_places = list(map(_DATA_PTR, self.values)), list(map(_DATA_PTR, self.grads))
             self.states = tuple(_flatten([held[key] for held in self.helds]) for key in keys)
+        # Tensor counters (Adam's step) of a viewed bucket: one buffer per key, with the tensors in it.
+        counted = [key for key in counters if viewed and all(torch.is_tensor(held[key]) for held in self.helds)]
+        self.counters = {
+            key: ([held[key] for held in self.helds], _flatten([held[key] for held in self.helds])) for key in counted
+        }
         self.arrays = self._arrays(self.helds)
         # A rule may add entries to an existing state dict (Adan's previous gradient).
         self.entry_counts = [len(held) if held else 0 for held in self.helds]
 
     def _arrays(self, helds: list) -> list:
-        return [held[key] for held in helds for key in self.keys]
+        return [held[key] for held in helds for key in (*self.keys, *self.counters)]
 
     def holds(self, state: dict) -> bool:
         """Whether the plan still stands: the same state tensors (``load_state_dict`` replaces
@@ -122,12 +141,14 @@ class Piece:
         (``module.to()`` replaces them)."""
         helds: list[Any] = [state.get(p) for p in self.params]
         return (
-            set(map(_DTYPE, self.params)) == {self.layout[1]}
-            and set(map(_GRAD_DTYPE, self.params)) == {self.layout[2]}
+            # a viewed parameter with new memory fails the last check; one in place keeps its dtype
+            (self.viewed or set(map(_DTYPE, self.params)) == {self.layout[1]})
+            and (self.viewed or set(map(_GRAD_DTYPE, self.params)) == {self.layout[2]})
             and all(map(operator.is_, helds, self.helds))
             and [len(held) if held else 0 for held in helds] == self.entry_counts
             and all(map(operator.is_, self._arrays(helds), self.arrays))
             and (not self.in_place or self.params[0].data_ptr() == self.value.data_ptr())
+            and (not self.viewed or list(map(_DATA_PTR, self.params)) == self.value_places)
         )
 
     def step(self, kernel: Callable, numbers: torch.Tensor) -> dict | None:
@@ -136,12 +157,32 @@ class Piece:
         if self.in_place:
             grad = self.params[0].grad
             return _run(kernel, self.value, grad if self.shaped else grad.reshape(-1), self.states, numbers)
-        torch._foreach_copy_(self.grads, [p.grad for p in self.params])
+        grads = [p.grad for p in self.params]
+        if self.viewed:
+            if list(map(_DATA_PTR, grads)) != self.grad_places:
+                self._take_gradients(grads)
+            return _run(kernel, self.value, self.grad, self.states, numbers)
+        torch._foreach_copy_(self.grads, grads)
         torch._foreach_copy_(self.values, self.params)
         created = _run(kernel, self.value, self.grad, self.states, numbers)
         if created is not None:
             torch._foreach_copy_(self.params, self.values)
         return created
+
+    def advance(self, stored: dict, state: dict) -> None:
+        """Write the advanced counters (as the backend stores them) into the state."""
+        for key, (_, buffer) in self.counters.items():
+            buffer.copy_(stored[key])
+        rest = {key: value for key, value in stored.items() if key not in self.counters}
+        if rest:
+            advance([state[p] for p in self.params if p in state], rest)
+
+    def _take_gradients(self, grads: list) -> None:
+        """Copy the gradients that are not views into the bucket there, and re-point them."""
+        moved = [i for i, (grad, place) in enumerate(zip(grads, self.grad_places)) if grad.data_ptr() != place]
+        torch._foreach_copy_([self.grads[i] for i in moved], [grads[i] for i in moved])
+        for i in moved:
+            grads[i].set_(self.grads[i])
 
 
 def _is_large(param: Any, held: Any, keys: tuple) -> bool:
@@ -172,14 +213,16 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
     this machine cannot compile.
     """
     left = [p for p in params if p.grad.is_sparse]
-    for members in by_counters(rule, [p for p in params if not p.grad.is_sparse] if left else params, state):
+    flat_counters = [piece.counters for plan in memory.values() for piece in plan if piece.counters]
+    dense = [p for p in params if not p.grad.is_sparse] if left else params
+    for members in by_counters(rule, dense, state, flat_counters):
         counters = {key: np.asarray(state[members[0]][key])[()] for key in rule.counters}
         values, advanced = host_values(rule, h, counters)
         names = tuple(k for k, v in values.items() if is_number(v))  # inputs; the rest is compiled in
         switches = tuple((k, v) for k, v in values.items() if k not in names)
         # A 0-d tensor lr enters as its value, as ATen reads a Scalar.
         numbers = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
-        stepped = []
+        stored = {k: backend.store_counter(v) for k, v in advanced.items()}
         compute = compute_dtype(backend, rule, members[0])
         elementwise = is_elementwise(
             rule, members[0], state.get(members[0], {}), values, getattr(torch, compute) if compute else None
@@ -189,11 +232,10 @@ def step_group(backend: Any, rule: Rule, params: list, h: Any, state: dict, memo
             if created is None:
                 left += piece.params
                 continue
-            stepped += piece.params
             for key, flat in created.items():  # a first momentum buffer may be the gradient itself: a copy
                 for param, view in zip(piece.params, _shaped(flat.clone(), piece.params)):
                     state.setdefault(param, {})[key] = view
-        advance([state[p] for p in stepped if p in state], {k: backend.store_counter(v) for k, v in advanced.items()})
+            piece.advance(stored, state)
     return left
 
 
@@ -211,15 +253,17 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict, el
     for param in members:
         held: Any = state.get(param)
         keys = state_keys(rule, held)
-        if not elementwise or _is_large(param, held, keys):
-            layout: tuple = (True, keys, id(param))
+        viewed = elementwise and rule.bucket_view and param.is_contiguous()
+        if not elementwise or (not viewed and _is_large(param, held, keys)):
+            layout: tuple = (True, False, keys, id(param))
         else:
-            layout = (False, keys, param.dtype, param.grad.dtype, param.device, *(held[k].dtype for k in keys))
+            layout = (False, viewed, keys, param.dtype, param.grad.dtype, param.device, *(held[k].dtype for k in keys))
         layouts.setdefault(layout, []).append(param)
     plan = memory[key] = []
-    for (in_place, keys, *_), params in layouts.items():
+    for (in_place, viewed, keys, *_), params in layouts.items():
         compute = compute_dtype(backend, rule, params[0])
-        plan.append(Piece(params, state, keys, getattr(torch, compute) if compute else None, in_place, not elementwise))
+        compute_type = getattr(torch, compute) if compute else None
+        plan.append(Piece(params, state, keys, compute_type, in_place, not elementwise, viewed, rule.counters))
     return plan
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,8 +365,12 @@ def host_values(rule: Rule, h: Any, counters: dict[str, Any]) -> tuple[dict[str,
     return values, advanced
 
 
-def by_counters(rule: Rule, params: list, state: dict) -> list[list]:
-    """``params`` split by their counter values (read at once), as each set steps with one schedule."""
+def by_counters(rule: Rule, params: list, state: dict, flat: Sequence[dict] = ()) -> list[list]:
+    """``params`` split by their counter values (read at once), as each set steps with one schedule.
+
+    ``flat`` holds counters kept in one buffer: ``{key: (the tensors, in order, their buffer)}``;
+    where a key's tensors are exactly those, their values are read from the buffer.
+    """
     if not params:
         return []
     if not rule.counters:
@@ -374,7 +378,10 @@ def by_counters(rule: Rule, params: list, state: dict) -> list[list]:
     columns = []
     for key in rule.counters:
         counters = [state[p][key] for p in params]
-        if all(isinstance(c, torch.Tensor) for c in counters):
+        kept = _flat_values(key, counters, flat)
+        if kept is not None:
+            columns.append(kept)
+        elif all(isinstance(c, torch.Tensor) for c in counters):
             columns.append(torch.stack(counters).tolist())
         else:
             columns.append([float(c) for c in counters])
@@ -382,6 +389,15 @@ def by_counters(rule: Rule, params: list, state: dict) -> list[list]:
     for param, values in zip(params, zip(*columns)):
         split.setdefault(values, []).append(param)
     return list(split.values())
+
+
+def _flat_values(key: str, counters: list, flat: Sequence[dict]) -> list | None:
+    """The values of ``counters``, read from the buffer that holds exactly them; None if none does."""
+    for kept in flat:
+        tensors, buffer = kept.get(key, ((), None))
+        if len(tensors) == len(counters) and all(map(operator.is_, tensors, counters)):
+            return buffer.tolist()
+    return None
 
 
 def advance(helds: list, advanced: dict) -> None:

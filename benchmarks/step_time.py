@@ -79,7 +79,9 @@ BYTES_PER_ELEMENT = {name: 4 * (3 + 2 * STATE_ARRAYS.get(name, 2)) for name in O
 OPTAX = {"SGD", "Adam"}
 
 
-def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None]]:
+def _torch_contenders(name: str, shapes, seed: int, only: set[str] | None = None) -> dict[str, Callable[[], None]]:
+    """The torch contenders' steps (those named in ``only``, if given: on GPT-2 shapes each holds
+    gigabytes, and the machine may not hold all of them at once)."""
     import torch
 
     import optimizers
@@ -97,16 +99,19 @@ def _torch_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], No
     reference = getattr(torch.optim, name)
     ours = getattr(optimizers, name)
     fused = _torch_optim_has_fused(name)
-    contenders = {"ours default": make(ours), "ours foreach": make(ours, foreach=True)}
+    builders = {"ours default": lambda: make(ours), "ours foreach": lambda: make(ours, foreach=True)}
     if fused:
-        contenders["ours fused"] = make(ours, fused=True)
-    contenders |= {
-        "torch.optim for-loop": make(reference, foreach=False),
-        "torch.optim foreach": make(reference, foreach=True),
+        builders["ours fused"] = lambda: make(ours, fused=True)
+        # Parameters, gradients and state as views into one buffer; the gradients stay in place
+        # between steps, as backward() accumulates into them after zero_grad(set_to_none=False).
+        builders["ours fused bucket_view"] = lambda: make(ours, fused=True, bucket_view=True)
+    builders |= {
+        "torch.optim for-loop": lambda: make(reference, foreach=False),
+        "torch.optim foreach": lambda: make(reference, foreach=True),
     }
     if fused:
-        contenders["torch.optim fused"] = make(reference, fused=True)
-    return contenders
+        builders["torch.optim fused"] = lambda: make(reference, fused=True)
+    return {label: build() for label, build in builders.items() if only is None or label in only}
 
 
 def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None]]:
@@ -331,7 +336,9 @@ def measure(contenders: dict[str, Callable[[], None]], rounds: int) -> dict[str,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def run(sets: list[str], algorithms: list[str], rounds: int, jax_too: bool = True) -> dict:
+def run(
+    sets: list[str], algorithms: list[str], rounds: int, jax_too: bool = True, only: set[str] | None = None
+) -> dict:
     import torch
 
     report = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}, "results": []}
@@ -345,8 +352,9 @@ def run(sets: list[str], algorithms: list[str], rounds: int, jax_too: bool = Tru
         # Arrays of at least 256 MB, far past the caches: the bandwidth of main memory.
         bandwidth = streaming_bandwidth(max(elements, 1 << 26), max(rounds, 5))
         for algorithm in algorithms:
-            torch_side = _torch_contenders(algorithm, shapes, 0)
+            torch_side = _torch_contenders(algorithm, shapes, 0, only)
             jax_side = _jax_contenders(algorithm, shapes, 0) if jax_too and algorithm in OPTAX else {}
+            jax_side = {label: step for label, step in jax_side.items() if only is None or label in only}
             contenders = {**torch_side, **jax_side}
             medians = measure(contenders, rounds)
             allocated = {name: allocated_per_step(step) for name, step in torch_side.items()}
@@ -512,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile-latency", action="store_true", help="time fused=True's first step (cold and warm cache) instead"
     )
+    parser.add_argument(
+        "--contenders", help="comma-separated contenders to run (e.g. 'ours fused,torch.optim fused'); default all"
+    )
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per contender (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
@@ -531,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         latencies = compile_latency(sets, algorithms)
         print(json.dumps(latencies, indent=2) if args.json else latency_table(latencies))
         return 0
-    report = run(sets, algorithms, args.rounds, jax_too=not args.no_jax)
+    only = None if args.contenders is None else set(args.contenders.split(","))
+    report = run(sets, algorithms, args.rounds, jax_too=not args.no_jax, only=only)
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 

@@ -102,6 +102,7 @@ class Adam(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         if hasattr(lr, "shape"):
             if foreach and not capturable:
@@ -192,6 +193,7 @@ class AdamW(Adam):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         super().__init__(**signature_arguments(AdamW.__init__, locals()), decoupled_weight_decay=True)
 

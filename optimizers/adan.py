@@ -83,6 +83,7 @@ class Adan(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         if not 0.0 <= max_grad_norm:
             raise ValueError(f"Invalid Max grad norm: {max_grad_norm}")

@@ -93,6 +93,7 @@ class Lamb(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")

@@ -54,6 +54,7 @@ class Lion(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         check_array_lr(lr)
         if not lr > 0.0:

@@ -100,6 +100,17 @@ class Optimizer(torch.optim.Optimizer):
     dtype, where small updates of the moments round away, and float16's smallest
     number (6e-8) swallows Adam's eps=1e-8: an element whose gradient has been zero
     divides 0 by 0 and becomes NaN.  The default, None, is torch.optim's behaviour.
+
+    ``bucket_view=True`` (torch, with ``fused=True``) moves each fused group's contiguous
+    parameters, their gradients and their state into one flat buffer per dtype, each
+    tensor a view at its offset (as ``ZeroRedundancyOptimizer``'s ``parameters_as_bucket_view``
+    and DDP's ``gradient_as_bucket_view`` do), so that one compiled loop steps them all and
+    nothing is gathered or scattered.  Tensors keep their identity; ``backward()`` accumulates
+    into a gradient that is a view (``zero_grad(set_to_none=False)`` keeps them so), and a new
+    gradient tensor (after ``zero_grad()``) is copied into its place once per step.  A parameter
+    moved elsewhere (``p.data = ...``, ``model.to()``) is taken into a new buffer at the next
+    step.  Parameters then share a storage: ``torch.save`` and safetensors' ``save_file`` store
+    them as before, safetensors' ``save_model`` refuses them with its error on shared tensors.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -115,6 +126,7 @@ class Optimizer(torch.optim.Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
         **hyperparameters: Any,
     ) -> None:
         """``defaults`` as torch.optim takes them, or the hyperparameters as keywords.
@@ -124,8 +136,9 @@ class Optimizer(torch.optim.Optimizer):
             super().__init__(**signature_arguments(Adam.__init__, locals()))
         """
         defaults = {**(defaults or {}), **hyperparameters, **self.group_counters}
-        if not isinstance(skip_nonfinite, bool):
-            raise TypeError(f"skip_nonfinite must be a bool, but got {type(skip_nonfinite).__name__}")
+        for flag, value in (("skip_nonfinite", skip_nonfinite), ("bucket_view", bucket_view)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool, but got {type(value).__name__}")
         self.state_dtype = state_dtype_name(state_dtype)
         if isinstance(params, torch.Tensor):
             raise TypeError(
@@ -148,6 +161,12 @@ class Optimizer(torch.optim.Optimizer):
         groups, self._grouped = self._backend.param_groups(params)
         for group in groups:
             self.add_param_group(group)
+        if bucket_view and not (self._backend.name == "torch" and any(g.get("fused") for g in self.param_groups)):
+            raise ValueError(
+                f"bucket_view=True is an option of fused=True on torch tensors, but this optimizer has "
+                f"{'no fused param group' if self._backend.name == 'torch' else self._backend.name + ' arrays'}"
+            )
+        self.bucket_view = bucket_view
 
     # -- what an algorithm defines ------------------------------------------------
 
@@ -438,10 +457,10 @@ class Optimizer(torch.optim.Optimizer):
         parameters stepped; here nothing has moved yet.
         """
         backend = self._backend
+        checked = self.__dict__.setdefault("_fused_checked", set())
         for group, params in stepping:
-            if group.get("fused"):
+            if group.get("fused") and not checked.issuperset(map(id, params)):
                 # Once per parameter, at its first step, as torch.optim checks (not every step).
-                checked = self.__dict__.setdefault("_fused_checked", set())
                 first = [backend.value(p) for p in params if id(p) not in checked]
                 unsupported = [
                     value
@@ -476,6 +495,7 @@ class Optimizer(torch.optim.Optimizer):
             tuple(self.counters.values()),
             self.complex_as_real,
             self.state_dtype,
+            self.bucket_view,
             self.step_scalars,
             tuple(self.group_counters),
             self.advance_group,
@@ -623,12 +643,15 @@ class Optimizer(torch.optim.Optimizer):
             "skip_nonfinite": self.skip_nonfinite,
             "skipped_steps": self.skipped_steps,
             "state_dtype": self.state_dtype,
+            "bucket_view": self.bucket_view,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch's __setstate__ adds a "differentiable" default, which not every class has.
         had_differentiable = "differentiable" in state.get("defaults", getattr(self, "defaults", {}))
-        super().__setstate__({"skip_nonfinite": False, "skipped_steps": 0, "state_dtype": None, **state})
+        super().__setstate__(
+            {"skip_nonfinite": False, "skipped_steps": 0, "state_dtype": None, "bucket_view": False, **state}
+        )
         if not had_differentiable:
             self.defaults.pop("differentiable", None)
         self._backend_memory = {}  # it held the replaced state

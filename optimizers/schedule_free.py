@@ -152,6 +152,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         check_array_lr(lr)
         check_nonnegative(lr, "learning rate")
@@ -231,6 +232,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         check_array_lr(lr)
         if lr < 0.0:

@@ -76,6 +76,7 @@ class SGD(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any = None,
+        bucket_view: bool = False,
     ) -> None:
         check_sgd_options(lr, momentum, dampening, weight_decay, nesterov)
         check_fused(fused, foreach, differentiable)

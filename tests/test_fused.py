@@ -115,18 +115,23 @@ def test_copies_continue_exactly():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_parameters_given_new_memory_between_steps_are_followed(threshold):
-    """``module.to()`` and ``p.data = ...`` give a parameter new memory; the step must land there."""
+@pytest.mark.parametrize(("threshold", "bucket_view"), [(torch_fused.LARGE, False), (4, False), (4, True)])
+def test_parameters_given_new_memory_between_steps_are_followed(threshold, bucket_view):
+    """``module.to()`` and ``p.data = ...`` give a parameter new memory; the step must land there
+    (with ``bucket_view``, the next step takes the parameters into a new bucket)."""
 
     def move(step):
         if step == 1:
             for p in model.parameters():
                 p.data = p.data.clone()
+        if step == 2:
+            first = next(model.parameters())
+            first.data = first.data.clone()
 
     with mock.patch.object(torch_fused, "LARGE", threshold):
         model = _model()
-        got = _train(model, optimizers.Adagrad(model.parameters(), lr=0.1, fused=True), 4, between=move)
+        opt = optimizers.Adagrad(model.parameters(), lr=0.1, fused=True, bucket_view=bucket_view)
+        got = _train(model, opt, 4, between=move)
         reference = _model()
         expected = _train(reference, optimizers.Adagrad(reference.parameters(), lr=0.1, fused=True), 4)
     for a, b in zip(got, expected):
@@ -287,3 +292,147 @@ def test_a_fused_step_allocates_nothing_per_parameter():
     allocated = sum(max(event.cpu_memory_usage, 0) for event in profile.events())
     assert allocated < 64 * 64 * 4, allocated  # less than one parameter's worth
     assert np.isfinite([p.detach().sum().item() for p in params]).all()
+
+
+# Every class with fused=True: torch.optim's (the registry's options) and those beyond it.
+BUCKET_VIEW_CASES = [(entry.name, entry.options) for entry in FUSED] + [
+    ("Lion", {"lr": 1e-3, "weight_decay": 0.1}),
+    ("Adan", {"lr": 1e-2, "weight_decay": 0.02}),
+    ("AdEMAMix", {"lr": 1e-2}),
+    ("ScheduleFreeAdamW", {"lr": 1e-2, "warmup_steps": 2}),
+    ("ScheduleFreeSGD", {"lr": 1e-2}),
+    ("Lamb", {"lr": 1e-2}),  # not elementwise: bucket_view changes nothing
+    ("Lars", {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0}),
+]
+
+
+def _storages(tensors):
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+@pytest.mark.parametrize(("name", "options"), BUCKET_VIEW_CASES, ids=[name for name, _ in BUCKET_VIEW_CASES])
+def test_bucket_views_step_exactly_as_the_bucket_and_keep_every_tensor_in_it(name, options):
+    """``bucket_view=True`` runs the bucket's own kernel on the parameters' own memory: bit for
+    bit the plain fused step, with ``zero_grad()`` (a new gradient, copied into its place), with
+    ``zero_grad(set_to_none=False)`` (backward accumulates into the view), and after a step
+    without one parameter (whose step count then differs: buckets by count, as without views)."""
+    cls, trained = getattr(optimizers, name), []
+    for bucket_view in (False, True):
+        model = _model()
+        opt = cls(model.parameters(), **options, fused=True, bucket_view=bucket_view)
+        getattr(opt, "train", lambda: None)()  # Schedule-Free steps in train mode
+        generator = torch.Generator().manual_seed(1)
+        for step in range(5):
+            opt.zero_grad(set_to_none=step < 2)
+            model(torch.randn(16, 6, generator=generator)).pow(2).mean().backward()
+            if step == 2:  # from here on its step count differs from the others'
+                model[2].bias.grad = None
+            opt.step()
+        params = list(model.parameters())
+        arrays = [value for p in params for value in opt.state[p].values() if torch.is_tensor(value) and value.dim()]
+        trained.append([p.detach().clone() for p in params] + [a.clone() for a in arrays])
+    for a, b in zip(*trained, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if name == "Lamb":  # its trust ratio is a per-tensor norm: each parameter steps in its own memory
+        assert len(_storages(params)) == len(params)
+    else:  # a bucket per set of parameters that count alike: their step's scalars are the same
+        counts = {tuple(float(opt.state[p][key]) for key in cls.counters) for p in params}
+        assert len(_storages(params)) == len(_storages([p.grad for p in params])) == len(counts)
+        assert _storages(params).isdisjoint(_storages([p.grad for p in params]))
+
+
+def test_bucket_views_save_and_resume_through_every_checkpoint_format(tmp_path):
+    """Parameters sharing one storage: ``torch.save`` and safetensors' ``save_file`` of the model
+    load back equal, the optimizer's ``state_dict`` is the plain fused one, and it resumes exactly."""
+    from safetensors.torch import load_file, save_file
+
+    sides = []
+    for bucket_view in (False, True):
+        model = _model()
+        opt = optimizers.Adam(model.parameters(), lr=0.01, fused=True, bucket_view=bucket_view)
+        _train(model, opt, 2)
+        sides.append((model, opt))
+    (model, opt), (plain_model, plain_opt) = sides[1], sides[0]
+    assert len(_storages(model.parameters())) == 1
+    for a, b in zip(model.parameters(), plain_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    buffer = io.BytesIO()
+    torch.save((model.state_dict(), opt.state_dict()), buffer)
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    for loaded in (
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)[0],
+        load_file(tmp_path / "model.safetensors"),
+    ):
+        assert loaded.keys() == model.state_dict().keys()
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded[key], value)
+    state, plain_state = opt.state_dict(), plain_opt.state_dict()
+    assert state["param_groups"] == plain_state["param_groups"]
+    for index, entries in plain_state["state"].items():
+        assert list(state["state"][index]) == list(entries)
+        for key, value in entries.items():
+            assert torch.equal(state["state"][index][key], value)
+
+    model_state, opt_state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    resumed_model = _model(seed=5)
+    resumed_model.load_state_dict(model_state)
+    resumed = optimizers.Adam(resumed_model.parameters(), lr=0.01, fused=True, bucket_view=True)
+    resumed.load_state_dict(opt_state)
+    for a, b in zip(_train(resumed_model, resumed, 3), _train(model, opt, 3), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_step_counts_set_by_hand_are_read_from_a_bucket_view():
+    """A viewed bucket keeps the step counters in one buffer and reads them from it: a count
+    changed in place, or replaced, is stepped with, as without views."""
+
+    def set_counts(step):
+        first, last = list(opts[-1].state.values())[0], list(opts[-1].state.values())[-1]
+        if step == 1:
+            first["step"].fill_(0.0)
+        if step == 2:
+            last["step"] = torch.tensor(7.0)
+
+    trained, opts = [], []
+    for bucket_view in (False, True):
+        model = _model()
+        opts.append(optimizers.Adam(model.parameters(), lr=0.01, fused=True, bucket_view=bucket_view))
+        trained.append(_train(model, opts[-1], 4, between=set_counts))
+    for a, b in zip(*trained, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [float(state["step"]) for state in opts[-1].state.values()] == [2.0, 4.0, 4.0, 8.0]
+
+
+def test_a_bucket_view_step_copies_only_gradients_that_are_not_in_their_place():
+    """With the gradients in place between steps (as ``zero_grad(set_to_none=False)`` leaves
+    them), a step is the kernel alone: no copy of a parameter's size and no allocation beyond
+    scalars.  A new gradient tensor (after ``zero_grad()``) is copied into its place, once."""
+    params = [torch.randn(64, 64, requires_grad=True) for _ in range(10)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = optimizers.Adam(params, lr=1e-3, fused=True, bucket_view=True)
+    opt.step()
+
+    def profiled_step():
+        with torch.profiler.profile(profile_memory=True, record_shapes=True) as profile:
+            opt.step()
+        copied = [e for e in profile.events() if e.name == "aten::copy_" and e.input_shapes[0] == [64, 64]]
+        return len(copied), sum(max(event.cpu_memory_usage, 0) for event in profile.events())
+
+    copies, allocated = profiled_step()
+    assert copies == 0 and allocated < 64 * 64 * 4, (copies, allocated)
+    for p in params[:3]:
+        p.grad = torch.randn_like(p)
+    assert profiled_step()[0] == 3
+    assert profiled_step()[0] == 0
+    assert len(_storages(p.grad for p in params)) == 1
+
+
+def test_bucket_view_needs_a_fused_torch_optimizer_and_a_bool():
+    params = _model().parameters
+    with pytest.raises(ValueError, match="bucket_view=True is an option of fused=True on torch tensors"):
+        optimizers.Adam(params(), bucket_view=True)
+    with pytest.raises(ValueError, match="no fused param group"):
+        optimizers.SGD([{"params": list(params()), "fused": False}], lr=0.1, bucket_view=True)
+    with pytest.raises(TypeError, match="bucket_view must be a bool, but got int"):
+        optimizers.Adam(params(), fused=True, bucket_view=1)

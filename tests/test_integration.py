@@ -179,6 +179,26 @@ def test_transformers_trainer_and_resume_across_implementations_match_torch_opti
     assert all(not torch.equal(a, b) for a, b in zip(uninterrupted, weights(tiny_gpt2())))  # it trained
 
 
+def test_a_model_whose_parameters_are_bucket_views_saves_and_loads_with_save_pretrained(tmp_path, monkeypatch):
+    """``bucket_view=True`` leaves every parameter a view into one storage (tied embeddings
+    included); ``save_pretrained`` (safetensors) and ``from_pretrained`` give the same weights."""
+    import transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_gpt2()
+    opt = optimizers.AdamW(model.parameters(), lr=1e-2, fused=True, bucket_view=True)
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        opt.zero_grad()
+        model(tokens, labels=tokens).loss.backward()
+        opt.step()
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == 1
+    model.save_pretrained(tmp_path)
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path)
+    assert_bitwise(weights(loaded), weights(model))
+    assert not torch.equal(weights(model)[0], weights(tiny_gpt2())[0])  # it trained
+
+
 def test_fully_sharded_data_parallel_trains_as_torch_optim_on_every_rank(tmp_path):
     """FSDP2 (fully_shard) over gloo: our Adam steps DTensor shards as torch.optim's does."""
     distributed.run_workers(distributed.fsdp_worker, tmp_path)
