@@ -33,7 +33,7 @@ import torch
 
 from backends import Rule, Scalars, compute_dtype
 from backends.torch_ops import KernelOps
-from backends.torch_plan import advance, by_counters, host_values, is_elementwise, is_number, state_keys
+from backends.torch_plan import advance, by_counters, host_values, is_elementwise, is_number, is_plain, state_keys
 
 # Elements from which a parameter is stepped through its own call rather than gathered into a
 # bucket: there a call's fixed cost (about 40 us) is below what gathering and scattering it costs.
@@ -253,7 +253,8 @@ def _plan(backend: Any, rule: Rule, members: list, state: dict, memory: dict, el
     for param in members:
         held: Any = state.get(param)
         keys = state_keys(rule, held)
-        viewed = elementwise and rule.bucket_view and param.is_contiguous()
+        # A tensor subclass (a DTensor) keeps its memory: re-pointing it would bypass the subclass.
+        viewed = elementwise and rule.bucket_view and param.is_contiguous() and is_plain(param)
         if not elementwise or (not viewed and _is_large(param, held, keys)):
             layout: tuple = (True, False, keys, id(param))
         else:

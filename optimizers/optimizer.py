@@ -109,8 +109,9 @@ class Optimizer(torch.optim.Optimizer):
     into a gradient that is a view (``zero_grad(set_to_none=False)`` keeps them so), and a new
     gradient tensor (after ``zero_grad()``) is copied into its place once per step.  A parameter
     moved elsewhere (``p.data = ...``, ``model.to()``) is taken into a new buffer at the next
-    step.  Parameters then share a storage: ``torch.save`` and safetensors' ``save_file`` store
-    them as before, safetensors' ``save_model`` refuses them with its error on shared tensors.
+    step.  Parameters then share a storage: ``torch.save``, safetensors' ``save_file`` and
+    Transformers' ``save_pretrained`` store them as before; safetensors' ``save_model`` refuses
+    them with its error on shared tensors.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

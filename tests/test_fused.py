@@ -341,6 +341,24 @@ def test_bucket_views_step_exactly_as_the_bucket_and_keep_every_tensor_in_it(nam
         assert _storages(params).isdisjoint(_storages([p.grad for p in params]))
 
 
+def test_a_non_contiguous_parameter_keeps_its_memory_beside_a_bucket_view():
+    trained = []
+    for bucket_view in (False, True):
+        torch.manual_seed(0)
+        transposed = torch.nn.Parameter(torch.randn(8, 4).t())
+        params = [transposed, torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3, 3))]
+        opt = optimizers.AdamW(params, lr=0.01, fused=True, bucket_view=bucket_view)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step)).to(p.dtype)
+            opt.step()
+        trained.append([p.detach().clone() for p in params])
+    for a, b in zip(*trained, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not transposed.is_contiguous() and transposed.untyped_storage().nbytes() == 32 * 4
+    assert params[1].untyped_storage().data_ptr() == params[2].untyped_storage().data_ptr()
+
+
 def test_bucket_views_save_and_resume_through_every_checkpoint_format(tmp_path):
     """Parameters sharing one storage: ``torch.save`` and safetensors' ``save_file`` of the model
     load back equal, the optimizer's ``state_dict`` is the plain fused one, and it resumes exactly."""
