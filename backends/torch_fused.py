@@ -105,7 +105,7 @@ class Piece:
         in_place: bool,
         shaped: bool,
         viewed: bool,
-        counters: tuple = (),
+        counters: tuple,
     ) -> None:
         self.params, self.keys, self.in_place, self.shaped, self.viewed = params, keys, in_place, shaped, viewed
         self.helds: list[Any] = [state.get(p) for p in params]
@@ -124,10 +124,11 @@ class Piece:
             self.value_places, self.grad_places = list(map(_DATA_PTR, self.values)), list(map(_DATA_PTR, self.grads))
             self.states = tuple(_flatten([held[key] for held in self.helds]) for key in keys)
         # Tensor counters (Adam's step) of a viewed bucket: one buffer per key, with the tensors in it.
-        counted = [key for key in counters if viewed and all(torch.is_tensor(held[key]) for held in self.helds)]
-        self.counters = {
-            key: ([held[key] for held in self.helds], _flatten([held[key] for held in self.helds])) for key in counted
-        }
+        self.counters: dict[str, tuple[list, torch.Tensor]] = {}
+        for key in counters if viewed and None not in self.helds else ():
+            tensors = [held[key] for held in self.helds]
+            if all(map(torch.is_tensor, tensors)):
+                self.counters[key] = (tensors, _flatten(tensors))
         self._entries = (*keys, *self.counters)
         self.arrays = self._arrays(self.helds)
         # A rule may add entries to an existing state dict (Adan's previous gradient).
