@@ -111,7 +111,8 @@ class Optimizer(torch.optim.Optimizer):
     moved elsewhere (``p.data = ...``, ``model.to()``) is taken into a new buffer at the next
     step.  Parameters then share a storage: ``torch.save``, safetensors' ``save_file`` and
     Transformers' ``save_pretrained`` store them as before; safetensors' ``save_model`` refuses
-    them with its error on shared tensors.
+    them with its error on shared tensors, and ``torch.save`` of one parameter alone writes the
+    whole buffer.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
