@@ -459,3 +459,7 @@ def test_bucket_view_needs_a_fused_torch_optimizer_and_a_bool():
         optimizers.SGD([{"params": list(params()), "fused": False}], lr=0.1, bucket_view=True)
     with pytest.raises(TypeError, match="bucket_view must be a bool, but got int"):
         optimizers.Adam(params(), fused=True, bucket_view=1)
+    import jax.numpy as jnp
+
+    with pytest.raises(ValueError, match="but this optimizer has jax arrays"):
+        optimizers.Adam([jnp.zeros(3)], fused=True, bucket_view=True)
