@@ -245,6 +245,10 @@ class Backend(Protocol):
         its parameters or state are replaced.
         """
 
+    def settle(self, memory: dict) -> None:
+        """Write what ``memory`` holds of the state (the JAX backend's flat buckets) into the
+        per-parameter state dicts, before anyone reads them."""
+
     def floating_bits(self, array: Any) -> int | None:
         """The width of a real floating array's dtype in bits; None for other dtypes."""
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
-from backends import Rule
+from backends import Rule, jax_buckets
 from backends.jax_ops import JaxOps, owned_copy
 
 
@@ -205,62 +205,79 @@ class JaxBackend:
     def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
         from backends.jax_functional import hyperparameters, static, step  # it traces with this backend
 
-        del memory  # one compiled program per step: nothing to keep between steps but the jit cache
-        switches, sharing, numbers, values, grads, arrays, counters = [], [], [], [], [], [], []
+        layouts, layout, numbers, values, grads, arrays, counters, flats = [], [], [], [], [], [], [], []
         for group, params, _ in work:
             group_switches = rule.switches(group)
-            switches.append(static(group_switches))
-            numbers.append(hyperparameters(group, group_switches))
-            values.append([p.value for p in params])
+            group_numbers = hyperparameters(group, group_switches)
+            found = jax_buckets.layout(rule, static(group_switches), group_numbers, params, state, memory)
+            group_sharing, group_arrays, group_counters = _counter_sets(rule, params, state, found)
+            layouts.append(found)
+            layout.append((found.switches, group_sharing, tuple(b.members for b in found.buckets), found.raveled))
+            numbers.append(group_numbers)
+            values.append([params[i].value for i in found.loose])
             grads.append([p.grad for p in params])
-            group_sharing, group_arrays, group_counters = _counter_sets(rule, params, state)
-            sharing.append(group_sharing)
             arrays.append(group_arrays)
             counters.append(group_counters)
+            flats.append([bucket.flat for bucket in found.buckets])
         # The step consumes the parameters and state arrays: a gradient that is one of those
         # (opt.step(opt.params) for the loss |p|^2 / 2) must survive the call as its own copy.
         consumed = {id(a) for group in values for a in group}
         consumed.update(map(id, jax.tree_util.tree_leaves(arrays)))
         grads = [[jnp.copy(g) if id(g) in consumed else g for g in group_grads] for group_grads in grads]
-        new_values, new_arrays, new_counters = step(
-            rule, tuple(switches), tuple(sharing), numbers, values, grads, arrays, counters
+        new_values, new_arrays, new_counters, new_flats = step(
+            rule, tuple(layout), numbers, values, grads, arrays, counters, flats
         )
-        for (_, params, _), group_sharing, group_values, group_arrays, group_counters in zip(
-            work, sharing, new_values, new_arrays, new_counters
+        for (_, params, _), found, (_, group_sharing, *_), *stepped in zip(
+            work, layouts, layout, new_values, new_arrays, new_counters, new_flats
         ):
-            for param, which, value, param_arrays in zip(params, group_sharing, group_values, group_arrays):
+            group_values, group_arrays, group_counters, group_flats = stepped
+            for param, value in zip(params, group_values):
                 param.value = value
+            for i, param_arrays in zip(found.loose, group_arrays):
                 # In place, as torch.optim updates its state (and a new dict per parameter per
                 # step would be garbage for Python's collector, whose passes cost more than this).
-                advanced = group_counters[which]
+                advanced = group_counters[group_sharing[i]]
                 if advanced or param_arrays:
-                    param_state = state[param]
+                    param_state = state[params[i]]
                     param_state.update(advanced)
                     param_state.update(param_arrays)
+            jax_buckets.stepped(found, group_values, group_flats, group_counters, group_sharing)
+
+    def settle(self, memory: dict) -> None:
+        jax_buckets.settle(memory)
 
     def load_state_value(self, value: Any, param: Param, dtype: str | None = None) -> jax.Array:
         array = owned_copy(value)  # never another optimizer's array: a step consumes its state
         return array.astype(dtype or param.dtype) if jnp.issubdtype(param.dtype, jnp.inexact) else array
 
 
-def _counter_sets(rule: Rule, params: list, state: dict) -> tuple[tuple[int, ...], list[dict], list[dict]]:
-    """``params``' states as (which set of counters each has, its arrays, the distinct sets).
+def _counter_sets(rule: Rule, params: list, state: dict, found: jax_buckets.Layout) -> tuple[tuple, list, list]:
+    """``params``' states as (which set of counters each has, the arrays of each parameter in no
+    bucket, the distinct sets).
 
     Parameters whose counters are the same arrays share one schedule: store_counter gives equal
-    counts one array, and a step advances each set once.
+    counts one array, and a step advances each set once.  A bucket's members have its counters.
     """
     from backends.jax_functional import split_counters
 
     sets: dict[tuple, int] = {}
-    sharing: list[int] = []
+    sharing = [0] * len(params)
     arrays: list[dict] = []
     counters: list[dict] = []
-    for param in params:
-        held, param_arrays = split_counters(rule, state.get(param, {}))
-        which = sets.setdefault(tuple(map(id, held.values())), len(counters))
-        if which == len(counters):
+
+    def which(held: dict) -> int:
+        index = sets.setdefault(tuple(map(id, held.values())), len(counters))
+        if index == len(counters):
             counters.append(held)
-        sharing.append(which)
+        return index
+
+    for bucket in found.buckets:
+        index = which(bucket.counters)
+        for i in bucket.members:
+            sharing[i] = index
+    for i in found.loose:
+        held, param_arrays = split_counters(rule, state.get(params[i], {}))
+        sharing[i] = which(held)
         arrays.append(param_arrays)
     return tuple(sharing), arrays, counters
 

@@ -11,6 +11,7 @@ compiles.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -76,7 +77,7 @@ def _leaf_step(rule: Rule, shared: dict, scheduled: dict, value, grad, arrays: d
         return new_value, {**new_arrays, INITIALIZED: jnp.ones((), bool)}
     work, work_grad = widened(BACKEND, rule, value, value), widened(BACKEND, rule, grad, value)
     precision = jnp.promote_types(jnp.finfo(work.dtype).dtype, jnp.float32)
-    h = Scalars({k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()})
+    h = Scalars(_own_copies({k: _in_precision(v, precision) for k, v in {**shared, **scheduled}.items()}))
     new_value, stepped = run_update(BACKEND, rule, work, work_grad, arrays, h)
     new_arrays = {}
     for key, new in stepped.items():  # an entry may be a list of arrays (SOAP's statistics)
@@ -93,29 +94,70 @@ def _schedule(rule: Rule, shared: dict, counters: dict) -> tuple[dict, dict]:
     return scheduled, {k: jnp.asarray(v).astype(counters[k].dtype) for k, v in advanced.items()}
 
 
-def _traced_step(rule, switches, sharing, numbers, values, grads, arrays, counters):
+def _own_copies(scalars: dict) -> dict:
+    """``scalars`` as values of one parameter's (or one bucket's) step alone.
+
+    XLA's simplifier rewrites an array's arithmetic with a scalar by how many users that
+    scalar has: ``A / b`` becomes ``A * (1 / b)``, ``A / pow(c, 0.5)`` becomes
+    ``A * pow(c, -0.5)``, only where ``b`` or the ``pow`` has one user.  A schedule shared by
+    many parameters would then round otherwise than one parameter's, or a bucket's (by an ulp
+    against torch.optim's division, either way).  Behind a barrier each step sees scalars of its
+    own, computed as written: one parameter steps the same program however it is laid out.
+    """
+    traced = {k: v for k, v in scalars.items() if isinstance(v, jax.Array)}
+    return {**scalars, **jax.lax.optimization_barrier(traced)} if traced else scalars
+
+
+def _traced_step(rule, layout, numbers, values, grads, arrays, counters, flats):
     """A whole step, traced: every group's coefficients, each set of counters' schedule, then
     every parameter's rule.
 
-    Parameters that count alike share their counters: ``counters[g]`` holds group ``g``'s
-    distinct sets, and ``sharing[g][i]`` says which one parameter ``i`` has, so a schedule is
-    computed (and its counters passed in and out) once per set rather than once per parameter.
-    Returns the new values, the new state arrays per parameter and the advanced sets.
+    ``layout`` is static: per group, its switches, which set of counters each parameter has
+    (``counters[g]`` holds group ``g``'s distinct sets: parameters that count alike share a
+    schedule, computed and passed once), its buckets, each a tuple of the indices of
+    parameters whose values and state are flat (:mod:`backends.jax_buckets`): ``flats[g]``
+    holds a (values, state) pair per bucket, and the indices of the other parameters that
+    step as vectors (reshaped, in the program).  ``values[g]`` and ``arrays[g]`` hold the other
+    parameters' values and state, in order; ``grads[g]`` every parameter's gradient.  A bucket
+    steps as one vector, its members' gradients concatenated.  Returns every parameter's new
+    value (a bucket's split out), the new state of the others, the advanced sets and the
+    buckets' new pairs.
     """
-    new_values, new_arrays, new_counters = [], [], []
-    for group_switches, group_sharing, group_numbers, group_values, group_grads, group_arrays, group_counters in zip(
-        switches, sharing, numbers, values, grads, arrays, counters
+    new_values, new_arrays, new_counters, new_flats = [], [], [], []
+    for (group_switches, group_sharing, group_buckets, group_raveled), group_numbers, *group in zip(
+        layout, numbers, values, grads, arrays, counters, flats
     ):
+        group_values, group_grads, group_arrays, group_counters, group_flats = group
         shared = _shared(rule, group_switches, group_numbers)
         schedules = [_schedule(rule, shared, held) for held in group_counters]
-        stepped = [
-            _leaf_step(rule, shared, schedules[which][0], *leaf)
-            for which, *leaf in zip(group_sharing, group_values, group_grads, group_arrays)
-        ]
-        new_values.append([value for value, _ in stepped])
-        new_arrays.append([leaf_arrays for _, leaf_arrays in stepped])
+        bucketed = {i for members in group_buckets for i in members}
+        loose = [i for i in range(len(group_grads)) if i not in bucketed]
+        stepped_values, stepped_arrays = {}, []
+        for i, value, leaf_arrays in zip(loose, group_values, group_arrays):
+            scheduled = schedules[group_sharing[i]][0]
+            if i in group_raveled:
+                vectors = jax.tree_util.tree_map(jnp.ravel, (value, group_grads[i], leaf_arrays))
+                stepped = _leaf_step(rule, shared, scheduled, *vectors)
+                shaped = functools.partial(jnp.reshape, shape=value.shape)
+                stepped_values[i], leaf_arrays = jax.tree_util.tree_map(shaped, stepped)
+            else:
+                stepped_values[i], leaf_arrays = _leaf_step(rule, shared, scheduled, value, group_grads[i], leaf_arrays)
+            stepped_arrays.append(leaf_arrays)
+        stepped_flats = []
+        for members, (value, flat) in zip(group_buckets, group_flats):
+            scheduled = schedules[group_sharing[members[0]]][0]
+            grad = jnp.concatenate([jnp.ravel(group_grads[i]) for i in members])
+            value, flat = _leaf_step(rule, shared, scheduled, value, grad, flat)
+            stepped_flats.append((value, flat))
+            shapes = [group_grads[i].shape for i in members]
+            ends = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
+            for i, shape, piece in zip(members, shapes, jnp.split(value, ends)):
+                stepped_values[i] = piece.reshape(shape)
+        new_values.append([stepped_values[i] for i in range(len(group_grads))])
+        new_arrays.append(stepped_arrays)
         new_counters.append([advanced for _, advanced in schedules])
-    return new_values, new_arrays, new_counters
+        new_flats.append(stepped_flats)
+    return new_values, new_arrays, new_counters, new_flats
 
 
 def split_counters(rule: Rule, state: dict) -> tuple[dict, dict]:
@@ -141,10 +183,10 @@ def _traced_step_scalars(rule, switches, numbers, values, grads, states):
 #: The object-oriented step's ``step_scalars``: one program per step's shapes.
 step_scalars = jax.jit(_traced_step_scalars, static_argnums=(0, 1))
 
-#: The object-oriented step: one program for the whole step (switches and counter sharing
-#: compiled in).  It donates the parameters and state arrays it replaces, so XLA writes the new
-#: ones in their place; not the counters, which many parameters' states hold as one array.
-step = jax.jit(_traced_step, static_argnums=(0, 1, 2), donate_argnums=(4, 6))
+#: The object-oriented step: one program for the whole step (switches, counter sharing and
+#: buckets compiled in).  It donates the parameters and state arrays it replaces, so XLA writes
+#: the new ones in their place; not the counters, which many parameters' states hold as one array.
+step = jax.jit(_traced_step, static_argnums=(0, 1), donate_argnums=(3, 5, 7))
 
 
 class Functional(NamedTuple):
@@ -222,7 +264,7 @@ def ravel(params: Any) -> tuple[dict[str, jax.Array], Callable[[Any], Any]]:
 _ELEMENTWISE = frozenset(
     """abs add sub mul div neg sign sqrt rsqrt pow integer_pow exp exp2 log log1p expm1 tanh logistic
     max min clamp select_n convert_element_type eq ne lt le gt ge and or not is_finite square copy
-    copy_p floor ceil round nextafter jit pjit custom_jvp_call broadcast_in_dim""".split()
+    copy_p floor ceil round nextafter jit pjit custom_jvp_call broadcast_in_dim optimization_barrier""".split()
 )
 
 
@@ -296,15 +338,15 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
             numbers = {**numbers, **advanced}
             counters = {name: jnp.asarray(advanced[name]).astype(held[name].dtype) for name in group_counters}
         split = [split_counters(rule, states[i]) for i in stepping]
-        new_values, new_arrays, new_counters = _traced_step(
+        new_values, new_arrays, new_counters, _ = _traced_step(
             rule,
-            switches,
-            (tuple(range(len(stepping))),),  # every leaf's counters are its own
+            ((switches[0], tuple(range(len(stepping))), (), ()),),  # every leaf's counters are its own
             [numbers],
             [[values[i] for i in stepping]],
             [step_grads],
             [[leaf_arrays for _, leaf_arrays in split]],
             [[leaf_counters for leaf_counters, _ in split]],
+            [[]],
         )
         values, states = list(values), list(states)
         for i, value, leaf_arrays, leaf_counters in zip(stepping, new_values[0], new_arrays[0], new_counters[0]):

@@ -190,6 +190,9 @@ class TorchBackend:
                     params = torch_plan.step_group(self, rule, params, h, state, memory, foreach)
                 self._step_each(rule, params, h, state)
 
+    def settle(self, memory: dict) -> None:
+        pass  # the state's tensors are the buckets' own views: always current
+
     def _recorded_scalars(self, rule: Rule, group: dict[str, Any], h: Any) -> Any:
         """``h`` for a differentiable step.
 

@@ -134,6 +134,15 @@ def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None
         ours.step(grads)
         jax.block_until_ready(ours.params)
 
+    # The object step on raveled parameters, given flat gradients (a loss written over unravel(flat)).
+    flat_grads = optimizers.ravel(grads)[0]
+    ours_flat = getattr(optimizers, name)(optimizers.ravel(tree())[0], **OPTIONS[name])
+    ours_flat.step(flat_grads)
+
+    def ours_flat_step():
+        ours_flat.step(flat_grads)
+        jax.block_until_ready(ours_flat.params)
+
     transformation = {
         "SGD": optax.sgd(OPTIONS["SGD"]["lr"], momentum=OPTIONS["SGD"]["momentum"]),
         "Adam": optax.adam(OPTIONS["Adam"]["lr"]),
@@ -151,10 +160,11 @@ def _jax_contenders(name: str, shapes, seed: int) -> dict[str, Callable[[], None
     def in_loop_order(update):  # ours: update(grads, state, params)
         return lambda params, state, grads: update(grads, state, params)
 
-    flat_params, flat_grads = flat_form.ravel(tree())[0], flat_form.ravel(grads)[0]
+    flat_params = flat_form.ravel(tree())[0]
     contenders = {
         "ours jax": ours_step,
         "ours jax program": _program_of(ours, grads),
+        "ours jax flat": ours_flat_step,
         "ours jax functional": _donated_loop(form.init, in_loop_order(form.update), tree(), grads),
         "ours jax functional flat": _donated_loop(
             flat_form.init, in_loop_order(flat_form.update), flat_params, flat_grads
@@ -267,25 +277,25 @@ def _program_of(optimizer, grads) -> Callable[[], None]:
 
     compiled, captured = jax_functional.step, {}
 
-    def capture(rule, switches, sharing, *arrays):  # the static arguments, then the arrays (donated)
-        captured["static"] = rule, switches, sharing
+    def capture(rule, layout, *arrays):  # the static arguments, then the arrays (some donated)
+        captured["static"] = rule, layout
         captured["arrays"] = jax.tree_util.tree_map(
             lambda a: jnp.array(a, copy=True) if isinstance(a, jax.Array) else a, arrays
         )
-        return compiled(rule, switches, sharing, *arrays)
+        return compiled(rule, layout, *arrays)
 
     jax_functional.step = capture
     try:
         optimizer.step(grads)
     finally:
         jax_functional.step = compiled
-    rule, switches, sharing = captured["static"]
-    numbers, values, step_grads, arrays, counters = captured["arrays"]
-    box = {"values": values, "arrays": arrays}
+    rule, layout = captured["static"]
+    numbers, values, step_grads, arrays, counters, flats = captured["arrays"]
+    box = {"values": values, "arrays": arrays, "flats": flats}
 
     def program():
-        box["values"], box["arrays"], _ = compiled(
-            rule, switches, sharing, numbers, box["values"], step_grads, box["arrays"], counters
+        box["values"], box["arrays"], _, box["flats"] = compiled(
+            rule, layout, numbers, box["values"], step_grads, box["arrays"], counters, box["flats"]
         )
         jax.block_until_ready(box["values"])
 

@@ -5,7 +5,11 @@ opt = optimizers.Adam(model.parameters(), lr=1e-3)           # torch tensors
 opt = optimizers.Adam({"w": w, "b": b}, lr=1e-3)              # a JAX pytree
 init, update, _ = opt.functional()                            # pure functions for jax.jit
 tx = optimizers.as_optax(opt)                                 # an optax.GradientTransformation
+flat, unravel = optimizers.ravel(params)                      # JAX leaves as one vector per dtype
 """
+
+from collections.abc import Callable
+from typing import Any
 
 from .adafactor import Adafactor
 from .adagrad import Adadelta, Adagrad, RMSprop
@@ -53,6 +57,21 @@ __all__ = [
     "ScheduleFreeSGD",
     "SparseAdam",
     "as_optax",
+    "ravel",
     "required",
 ]
 __version__ = "0.1.0"
+
+
+def ravel(params: Any) -> tuple[dict, Callable[[Any], Any]]:
+    """A JAX pytree as one flat vector per dtype (``{"float32": vector, ...}``, leaves in order),
+    and the jittable function that gives the pytree back.
+
+    An optimizer built on the vectors steps a few long loops per step instead of one short one
+    per leaf; take gradients through ``unravel`` and they come flat.  Its state is then one
+    entry per vector, not per parameter (a checkpoint of it is not torch.optim's per-parameter
+    layout of the model).
+    """
+    from backends.jax_functional import ravel as ravel_pytree  # JAX only when asked for
+
+    return ravel_pytree(params)

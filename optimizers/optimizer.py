@@ -302,7 +302,31 @@ class Optimizer(torch.optim.Optimizer):
             where._rule, chosen, where._host_scalars(chosen, backend=backends.get("jax")), flat=flat
         )
 
-    # -- parameters -------------------------------------------------------------------
+    # -- parameters and state ---------------------------------------------------------
+
+    @property
+    def state(self) -> defaultdict:
+        """Each parameter's state, as torch.optim's ``state``: ``{param: {"step": ..., "exp_avg": ...}}``.
+
+        On JAX the state of small parameters lives in flat buckets between steps (see
+        :mod:`backends.jax_buckets`); reading this writes it into these dicts first, and what is
+        written into them is what the next step takes.
+        """
+        held = self.__dict__["state"]
+        memory = self.__dict__.get("_backend_memory")
+        if memory:
+            self._backend.settle(memory)
+        return held
+
+    @state.setter
+    def state(self, value: defaultdict) -> None:
+        self.__dict__["state"] = value
+        self._backend_memory = {}  # it held the replaced state
+
+    @property
+    def _held_state(self) -> defaultdict:
+        """The state as the step keeps it, without settling the backend's buckets (the step's own reads)."""
+        return self.__dict__["state"]
 
     @property
     def backend(self) -> str:
@@ -402,7 +426,7 @@ class Optimizer(torch.optim.Optimizer):
         found = {}
         if self.step_scalars is not None:
             groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
-            found = self._backend.step_scalars(self._rule, groups, self.state, self._host_scalars)
+            found = self._backend.step_scalars(self._rule, groups, self._held_state, self._host_scalars)
         if self.group_counters:
             for group in self.param_groups:
                 numbers = backends.numbers(group, self._backend.host_number, self.switches(group))
@@ -414,7 +438,7 @@ class Optimizer(torch.optim.Optimizer):
             for group, params in stepping
         ]
         if work:
-            self._backend.apply(self._rule, work, self.state, self._backend_memory)
+            self._backend.apply(self._rule, work, self._held_state, self._backend_memory)
         return loss
 
     @property
@@ -437,12 +461,12 @@ class Optimizer(torch.optim.Optimizer):
         """
         h = None
         for param in group["params"]:
-            if param.grad is not None and not self.state.get(param):
+            if param.grad is not None and not self._held_state.get(param):
                 if h is None:
                     h = self._host_scalars(group)
                 initial = self._initial_state(param, h)
                 if initial:
-                    self.state[param] = initial
+                    self._held_state[param] = initial
 
     def _run_closure(self, closure: Callable) -> Any:
         """Evaluate a step closure at the current parameters; its gradients land on ``.grad``."""

@@ -24,6 +24,7 @@ def test_the_benchmark_reports_every_contender_against_every_anchor(capsys):
         expected = torch_side | {
             "ours jax",
             "ours jax program",
+            "ours jax flat",
             "ours jax functional",
             "ours jax functional flat",
             "optax jit donated",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import optimizers
+from backends import jax_buckets
 
 
 def tree():
@@ -227,9 +228,11 @@ def test_zero_grad_clears_or_zeroes_the_held_gradients():
     assert opt.param_groups[0]["params"][0].grad is None
 
 
-# How often each rule is traced over 100 steps: SGD's state gains its momentum buffer at the
-# first step. RAdam's rectification is data (chosen per step inside the program), not a switch.
-TRACES = {"SGD": 2, "Adam": 1, "RAdam": 1, "Adagrad": 1}
+# How often each rule is traced over 100 steps: twice per state layout (once to find it
+# elementwise, see backends/jax_buckets.py, and once into the step), and SGD's state gains its
+# momentum buffer at the first step. RAdam's rectification is data (chosen per step inside the
+# program), not a switch.
+TRACES = {"SGD": 4, "Adam": 2, "RAdam": 2, "Adagrad": 2}
 
 
 @pytest.mark.parametrize("name", sorted(TRACES))
@@ -357,22 +360,29 @@ def test_parameters_that_count_alike_share_one_counter_and_step_as_with_their_ow
     assert len({id(s["step"]) for s in loaded.state.values()}) == 2  # the counts 2 and 4
 
 
-def test_a_step_consumes_the_arrays_it_replaces_and_never_the_users():
+@pytest.mark.parametrize("bucketed", [False, True], ids=["large leaves", "small leaves"])
+def test_a_step_consumes_the_arrays_it_replaces_and_never_the_users(bucketed):
     """The step donates the parameters and state arrays it holds, so XLA updates them in place;
     the arrays the user constructed it with, gradients that alias what it consumes, and the
-    step counters (one array for every parameter that counts alike) survive."""
-    given = tree()
+    step counters (one array for every parameter that counts alike) survive.  Small parameters
+    step as a bucket whose flat arrays it consumes instead: what it hands out (each parameter's
+    value, its state when read) is split from them and survives."""
+    large = jax_buckets.SMALL  # a lone small parameter steps on its own
+    given = tree() if bucketed else {"dense": {"w": jnp.ones(large), "b": jnp.zeros(large)}, "scale": jnp.asarray(2.0)}
+    kept = jax.tree_util.tree_map(np.asarray, given)
     opt = optimizers.Adam(given, lr=0.1)
     opt.step(ones_like(given))
     held_params = jax.tree_util.tree_leaves(opt.params)
     held_state = [v for s in opt.state_dict()["state"].values() for k, v in s.items() if k != "step"]
     (held_step,) = {id(s["step"]): s["step"] for s in opt.state_dict()["state"].values()}.values()
     opt.step(ones_like(given))
-    assert all(a.is_deleted() for a in held_params + held_state)
+    # The scalar "scale" steps on its own in both (a bucket holds parameters of 2 elements or more).
+    assert all(a.is_deleted() == (a.ndim == 0 or not bucketed) for a in held_params + held_state)
     assert not held_step.is_deleted() and float(held_step) == 1.0
     assert len({id(s["step"]) for s in opt.state.values()}) == 1 and float(next(iter(opt.state.values()))["step"]) == 2
     assert not any(a.is_deleted() for a in jax.tree_util.tree_leaves(given))
-    np.testing.assert_array_equal(given["dense"]["w"], np.arange(6.0).reshape(2, 3))
+    for a, b in zip(jax.tree_util.tree_leaves(given), jax.tree_util.tree_leaves(kept)):
+        np.testing.assert_array_equal(a, b)
     # opt.step(opt.params): the gradient of |p|^2 / 2 is the parameter array itself.
     expected = copy.deepcopy(opt)
     expected.step(jax.tree_util.tree_map(jnp.copy, expected.params))
