@@ -19,7 +19,6 @@ longer what settling wrote is rebuilt from it.
 
 from __future__ import annotations
 
-import functools
 import operator
 from typing import Any
 
@@ -216,7 +215,8 @@ def _traces_elementwise(rule: Rule, switches: tuple, dtype: Any, entries: tuple,
     return not _not_elementwise(traced.jaxpr)
 
 
-@jax.jit
+# Eager, not jitted: they run when a bucket forms and when its state is read, rarely, and each
+# set of shapes would be a compilation of its own.
 def _concatenated(values: list, states: list[dict]) -> tuple:
     def flat(arrays: list) -> jax.Array:
         return jnp.concatenate([jnp.ravel(array) for array in arrays])
@@ -224,7 +224,6 @@ def _concatenated(values: list, states: list[dict]) -> tuple:
     return flat(values), {key: flat([held[key] for held in states]) for key in states[0]}
 
 
-@functools.partial(jax.jit, static_argnums=1)
 def _split(flat: dict, shapes: tuple) -> list[dict]:
     ends = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
     pieces = {key: jnp.split(array, ends) for key, array in flat.items()}

@@ -67,7 +67,8 @@ def assert_same(a, b, rtol=0.0):
 
 #: Where XLA:CPU contracts a multiply and an add into one fused multiply-add depends on the loop
 #: it emits (a bucket's, or one parameter's), so float64 results may differ by an ulp per step
-#: (measured: at most 1 ulp of an element after 6 steps); without FMA they are equal bit for bit.
+#: (seen: 1 ulp of an element, Schedule-Free SGD and RAdam in float64); without FMA they are equal
+#: bit for bit.
 FMA_CONTRACTION = 1e-15
 
 
@@ -81,7 +82,7 @@ def run(entry, monkeypatch, bucketed: bool):
     opt = entry.ours(params(), **entry.options)
     if hasattr(opt, "train"):
         opt.train()  # Schedule-Free optimizers step only in train mode
-    grads = gradients(6)
+    grads = gradients(5)
     passed = []
     for i, step_grads in enumerate(grads):
         if i == 2:  # a step without one parameter's gradient
@@ -110,8 +111,8 @@ def test_small_parameters_step_in_buckets_as_each_on_its_own(entry, monkeypatch)
     assert (passed[-1] < passed_alone[-1]) == entry.elementwise, (passed, passed_alone)
 
 
-def test_a_hundred_small_parameters_are_three_arrays_to_adams_program():
-    shapes = [(8, 8)] * 100
+def test_many_small_parameters_are_three_arrays_to_adams_program():
+    shapes = [(8, 8)] * 20
     opt = optimizers.Adam([jnp.ones(shape) for shape in shapes], lr=0.1)
     grads = [jnp.ones(shape) for shape in shapes]
     opt.step(grads)
