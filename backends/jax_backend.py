@@ -212,7 +212,7 @@ class JaxBackend:
             found = jax_buckets.layout(rule, static(group_switches), group_numbers, params, state, memory)
             group_sharing, group_arrays, group_counters = _counter_sets(rule, params, state, found)
             layouts.append(found)
-            layout.append((found.switches, group_sharing, tuple(b.members for b in found.buckets), found.raveled))
+            layout.append((found.switches, group_sharing, tuple(bucket.members for bucket in found.buckets)))
             numbers.append(group_numbers)
             values.append([params[i].value for i in found.loose])
             grads.append([p.grad for p in params])

@@ -80,39 +80,24 @@ class Bucket:
 
 
 class Layout:
-    """A group's stepping parameters as buckets and loose parameters (which step on their own).
+    """A group's stepping parameters as buckets and loose parameters (which step on their own)."""
 
-    Loose parameters a bucket could hold (large ones, and one small parameter alone) step as
-    vectors too (``raveled``: a free reshape), so an elementwise rule steps every element of
-    every such parameter by the same program, whatever the grouping: XLA compiles a loop over
-    a (3, 4) array and one over its 12 elements to results an ulp apart.
-    """
+    __slots__ = ("params", "switches", "buckets", "loose")
 
-    __slots__ = ("params", "switches", "buckets", "loose", "raveled", "raveled_entries")
-
-    def __init__(self, params: list, switches: tuple, buckets: list[Bucket], raveled: dict[int, tuple]):
+    def __init__(self, params: list, switches: tuple, buckets: list[Bucket]):
         self.params = params
         self.switches = switches
         self.buckets = buckets
         bucketed = {i for bucket in buckets for i in bucket.members}
         self.loose = [i for i in range(len(params)) if i not in bucketed]
-        self.raveled = tuple(sorted(raveled))
-        self.raveled_entries = raveled  # index -> the state entries found elementwise with
 
-    def holds(self, params: list, switches: tuple, state: dict, rule: Rule) -> bool:
+    def holds(self, params: list, switches: tuple, state: dict) -> bool:
         """Whether the next step over ``params`` can step as this layout says."""
-        from backends.jax_functional import split_counters
-
         return (
             self.params == params
             and self.switches == switches
             and all(bucket.holds(params, state) for bucket in self.buckets)
-            and not any(isinstance(params[i].grad, sparse.BCOO) for i in self.raveled)
             and not any(isinstance(params[i].grad, sparse.BCOO) for bucket in self.buckets for i in bucket.members)
-            and all(
-                _entries(split_counters(rule, state[params[i]])[1]) == entries
-                for i, entries in self.raveled_entries.items()
-            )
         )
 
 
@@ -121,7 +106,7 @@ def layout(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict
     layouts = memory.setdefault(_LAYOUTS, {})
     key = id(params[0])
     found = layouts.get(key)
-    if found is not None and found.holds(params, switches, state, rule):
+    if found is not None and found.holds(params, switches, state):
         return found
     settle(memory)  # the state of every bucket to its parameters before any is formed again
     built = layouts[key] = _build(rule, switches, numbers, params, state)
@@ -146,14 +131,14 @@ def _build(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict
     from backends.jax_functional import split_counters
 
     if rule.step_scalars is not None:  # it reads every parameter's state before the step
-        return Layout(params, switches, [], {})
+        return Layout(params, switches, [])
     candidates: dict[tuple, list[int]] = {}
     for i, param in enumerate(params):
         value, grad = param.value, param.grad
         counters, arrays = split_counters(rule, state[param])
         devices = value.sharding.device_set
         if (
-            value.size < 2  # as a scalar, with no loop to compile
+            not 2 <= value.size < SMALL  # a scalar has no loop to share (nor a broadcast to rewrite)
             or len(devices) != 1
             or not jnp.issubdtype(value.dtype, jnp.floating)
             or not isinstance(grad, jax.Array)
@@ -162,18 +147,13 @@ def _build(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict
             continue
         signature = (value.dtype, _entries(arrays), tuple(map(id, counters.values())), next(iter(devices)))
         candidates.setdefault(signature, []).append(i)
-    buckets, raveled = [], {}
+    buckets = []
     for (dtype, entries, _, _), members in candidates.items():
         helds = [state[params[i]] for i in members]
         counters, _ = split_counters(rule, helds[0])
-        if not _is_elementwise(rule, switches, dtype, entries, numbers, counters):
-            continue
-        small = [i for i in members if params[i].value.size < SMALL]
-        raveled.update(dict.fromkeys([i for i in members if i not in small or len(small) == 1], entries))
-        if len(small) > 1:
-            helds = [state[params[i]] for i in small]
-            buckets.append(Bucket(tuple(small), [params[i] for i in small], helds, entries, counters))
-    return Layout(params, switches, buckets, raveled)
+        if len(members) > 1 and _is_elementwise(rule, switches, dtype, entries, numbers, counters):
+            buckets.append(Bucket(tuple(members), [params[i] for i in members], helds, entries, counters))
+    return Layout(params, switches, buckets)
 
 
 def _entries(arrays: dict) -> tuple:

@@ -11,7 +11,6 @@ compiles.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -114,17 +113,16 @@ def _traced_step(rule, layout, numbers, values, grads, arrays, counters, flats):
 
     ``layout`` is static: per group, its switches, which set of counters each parameter has
     (``counters[g]`` holds group ``g``'s distinct sets: parameters that count alike share a
-    schedule, computed and passed once), its buckets, each a tuple of the indices of
+    schedule, computed and passed once), and its buckets, each a tuple of the indices of
     parameters whose values and state are flat (:mod:`backends.jax_buckets`): ``flats[g]``
-    holds a (values, state) pair per bucket, and the indices of the other parameters that
-    step as vectors (reshaped, in the program).  ``values[g]`` and ``arrays[g]`` hold the other
+    holds a (values, state) pair per bucket.  ``values[g]`` and ``arrays[g]`` hold the other
     parameters' values and state, in order; ``grads[g]`` every parameter's gradient.  A bucket
     steps as one vector, its members' gradients concatenated.  Returns every parameter's new
     value (a bucket's split out), the new state of the others, the advanced sets and the
     buckets' new pairs.
     """
     new_values, new_arrays, new_counters, new_flats = [], [], [], []
-    for (group_switches, group_sharing, group_buckets, group_raveled), group_numbers, *group in zip(
+    for (group_switches, group_sharing, group_buckets), group_numbers, *group in zip(
         layout, numbers, values, grads, arrays, counters, flats
     ):
         group_values, group_grads, group_arrays, group_counters, group_flats = group
@@ -135,13 +133,7 @@ def _traced_step(rule, layout, numbers, values, grads, arrays, counters, flats):
         stepped_values, stepped_arrays = {}, []
         for i, value, leaf_arrays in zip(loose, group_values, group_arrays):
             scheduled = schedules[group_sharing[i]][0]
-            if i in group_raveled:
-                vectors = jax.tree_util.tree_map(jnp.ravel, (value, group_grads[i], leaf_arrays))
-                stepped = _leaf_step(rule, shared, scheduled, *vectors)
-                shaped = functools.partial(jnp.reshape, shape=value.shape)
-                stepped_values[i], leaf_arrays = jax.tree_util.tree_map(shaped, stepped)
-            else:
-                stepped_values[i], leaf_arrays = _leaf_step(rule, shared, scheduled, value, group_grads[i], leaf_arrays)
+            stepped_values[i], leaf_arrays = _leaf_step(rule, shared, scheduled, value, group_grads[i], leaf_arrays)
             stepped_arrays.append(leaf_arrays)
         stepped_flats = []
         for members, (value, flat) in zip(group_buckets, group_flats):
@@ -340,7 +332,7 @@ def functional(rule: Rule, group: Mapping[str, Any], h: Any, counter_dtype: type
         split = [split_counters(rule, states[i]) for i in stepping]
         new_values, new_arrays, new_counters, _ = _traced_step(
             rule,
-            ((switches[0], tuple(range(len(stepping))), (), ()),),  # every leaf's counters are its own
+            ((switches[0], tuple(range(len(stepping))), ()),),  # every leaf's counters are its own
             [numbers],
             [[values[i] for i in stepping]],
             [step_grads],
