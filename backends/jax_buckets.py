@@ -109,8 +109,8 @@ def layout(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict
     if found is not None and found.holds(params, switches, state):
         return found
     settle(memory)  # the state of every bucket to its parameters before any is formed again
-    built = layouts[key] = _build(rule, switches, numbers, params, state)
-    return built
+    layouts[key] = _build(rule, switches, numbers, params, state)
+    return layouts[key]
 
 
 def settle(memory: dict) -> None:
@@ -133,6 +133,7 @@ def _build(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict
     if rule.step_scalars is not None:  # it reads every parameter's state before the step
         return Layout(params, switches, [])
     candidates: dict[tuple, list[int]] = {}
+    held_counters: dict[tuple, dict] = {}
     for i, param in enumerate(params):
         value, grad = param.value, param.grad
         counters, arrays = split_counters(rule, state[param])
@@ -147,11 +148,13 @@ def _build(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict
             continue
         signature = (value.dtype, _entries(arrays), tuple(map(id, counters.values())), next(iter(devices)))
         candidates.setdefault(signature, []).append(i)
+        held_counters[signature] = counters
     buckets = []
-    for (dtype, entries, _, _), members in candidates.items():
-        helds = [state[params[i]] for i in members]
-        counters, _ = split_counters(rule, helds[0])
+    for signature, members in candidates.items():
+        dtype, entries, _, _ = signature
+        counters = held_counters[signature]
         if len(members) > 1 and _is_elementwise(rule, switches, dtype, entries, numbers, counters):
+            helds = [state[params[i]] for i in members]
             buckets.append(Bucket(tuple(members), [params[i] for i in members], helds, entries, counters))
     return Layout(params, switches, buckets)
 
@@ -198,13 +201,13 @@ def _traces_elementwise(rule: Rule, switches: tuple, dtype: Any, entries: tuple,
 # Eager, not jitted: they run when a bucket forms and when its state is read, rarely, and each
 # set of shapes would be a compilation of its own.
 def _concatenated(values: list, states: list[dict]) -> tuple:
-    def flat(arrays: list) -> jax.Array:
-        return jnp.concatenate([jnp.ravel(array) for array in arrays])
+    from backends.jax_functional import concatenated
 
-    return flat(values), {key: flat([held[key] for held in states]) for key in states[0]}
+    return concatenated(values), {key: concatenated([held[key] for held in states]) for key in states[0]}
 
 
 def _split(flat: dict, shapes: tuple) -> list[dict]:
-    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
-    pieces = {key: jnp.split(array, ends) for key, array in flat.items()}
-    return [{key: pieces[key][j].reshape(shape) for key in flat} for j, shape in enumerate(shapes)]
+    from backends.jax_functional import split_into
+
+    pieces = {key: split_into(array, list(shapes)) for key, array in flat.items()}
+    return [{key: pieces[key][j] for key in flat} for j in range(len(shapes))]

@@ -138,13 +138,11 @@ def _traced_step(rule, layout, numbers, values, grads, arrays, counters, flats):
         stepped_flats = []
         for members, (value, flat) in zip(group_buckets, group_flats):
             scheduled = schedules[group_sharing[members[0]]][0]
-            grad = jnp.concatenate([jnp.ravel(group_grads[i]) for i in members])
+            grad = concatenated([group_grads[i] for i in members])
             value, flat = _leaf_step(rule, shared, scheduled, value, grad, flat)
             stepped_flats.append((value, flat))
-            shapes = [group_grads[i].shape for i in members]
-            ends = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
-            for i, shape, piece in zip(members, shapes, jnp.split(value, ends)):
-                stepped_values[i] = piece.reshape(shape)
+            pieces = split_into(value, [group_grads[i].shape for i in members])
+            stepped_values.update(zip(members, pieces))
         new_values.append([stepped_values[i] for i in range(len(group_grads))])
         new_arrays.append(stepped_arrays)
         new_counters.append([advanced for _, advanced in schedules])
@@ -237,17 +235,27 @@ def ravel(params: Any) -> tuple[dict[str, jax.Array], Callable[[Any], Any]]:
     members: dict[str, list[int]] = {}
     for index, leaf in enumerate(leaves):
         members.setdefault(jnp.result_type(leaf).name, []).append(index)
-    flat = {dtype: jnp.concatenate([jnp.ravel(leaves[i]) for i in indices]) for dtype, indices in members.items()}
+    flat = {dtype: concatenated([leaves[i] for i in indices]) for dtype, indices in members.items()}
 
     def unravel(flat: Mapping[str, jax.Array]) -> Any:
         unravelled: list[Any] = [None] * len(shapes)
         for dtype, indices in members.items():
-            ends = np.cumsum([int(np.prod(shapes[i])) for i in indices])
-            for i, part in zip(indices, jnp.split(flat[dtype], ends[:-1])):
-                unravelled[i] = part.reshape(shapes[i])
+            for i, part in zip(indices, split_into(flat[dtype], [shapes[i] for i in indices])):
+                unravelled[i] = part
         return jax.tree_util.tree_unflatten(structure, unravelled)
 
     return flat, unravel
+
+
+def concatenated(arrays: list) -> jax.Array:
+    """``arrays`` one after another, as one vector."""
+    return jnp.concatenate([jnp.ravel(array) for array in arrays])
+
+
+def split_into(vector: jax.Array, shapes: list) -> list:
+    """The inverse of :func:`concatenated`: consecutive slices of ``vector``, shaped as ``shapes``."""
+    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
+    return [piece.reshape(shape) for piece, shape in zip(jnp.split(vector, ends), shapes)]
 
 
 #: The primitives of an elementwise rule: each output element depends on the same element of
