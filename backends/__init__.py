@@ -15,6 +15,7 @@ import importlib
 import math
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -185,6 +186,9 @@ class Backend(Protocol):
     def device_type(self, array: Any) -> str:
         """The kind of device an array lives on ("cpu", "cuda", "gpu", ...)."""
 
+    def profiled(self, name: str) -> AbstractContextManager:
+        """A range named ``name`` in this backend's profiler, around each step."""
+
     def param_groups(self, params: Any) -> tuple[list[dict], bool]:
         """The constructor's ``params`` -> (param-group dicts, whether they were given as groups)."""
 
@@ -235,12 +239,14 @@ class Backend(Protocol):
         """``rule.step_scalars`` for this step.  ``groups`` holds ``(group, params with a
         gradient)`` for every param group; ``host_h(group)`` is the group's ``h`` on the host."""
 
-    def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
+    def apply(self, rule: Rule, work: list, state: dict, memory: dict, host_h: Callable[..., Any]) -> None:
         """Run ``rule`` for every parameter and write the new parameters and state.
 
-        ``work`` holds, per group, ``(group, params, h)``: ``h`` is the group's switches and
-        coefficients evaluated on the host.  Every parameter in ``work`` has a gradient and
-        an initialized state.  ``memory`` is the optimizer's dict for what the backend keeps
+        ``work`` holds, per group, ``(group, params)``.  ``host_h(group, foreach=...)`` is the
+        group's switches and coefficients evaluated on the host, for a backend that runs the
+        rule there (``foreach``: whether the group steps as multi-tensor operations); a backend
+        that computes them inside its compiled step need not call it.  Every parameter in
+        ``work`` has a gradient and an initialized state.  ``memory`` is the optimizer's dict for what the backend keeps
         between steps (the torch backend's fused buckets); the optimizer empties it whenever
         its parameters or state are replaced.
         """

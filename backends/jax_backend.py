@@ -113,6 +113,9 @@ class JaxBackend:
     def assemble(self, structure: Any, values: list) -> Any:
         return jax.tree_util.tree_unflatten(structure, values)
 
+    def profiled(self, name: str) -> jax.profiler.TraceAnnotation:
+        return jax.profiler.TraceAnnotation(name)  # shown in jax.profiler's traces
+
     def run_closure(self, closure: Callable, params: Any) -> tuple[Any, Any]:
         result = closure(params)
         if not (isinstance(result, tuple) and len(result) == 2):
@@ -202,11 +205,12 @@ class JaxBackend:
             [[state.get(p, {}) for p in params] for _, params in groups],
         )
 
-    def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
+    def apply(self, rule: Rule, work: list, state: dict, memory: dict, host_h: Callable[..., Any]) -> None:
         from backends.jax_functional import hyperparameters, static, step  # it traces with this backend
 
+        # host_h goes unused: the coefficients are computed inside the compiled step, from numbers.
         layouts, layout, numbers, values, grads, arrays, counters, flats = [], [], [], [], [], [], [], []
-        for group, params, _ in work:
+        for group, params in work:
             group_switches = rule.switches(group)
             group_numbers = hyperparameters(group, group_switches)
             found = jax_buckets.layout(rule, static(group_switches), group_numbers, params, state, memory)
@@ -227,7 +231,7 @@ class JaxBackend:
         new_values, new_arrays, new_counters, new_flats = step(
             rule, tuple(layout), numbers, values, grads, arrays, counters, flats
         )
-        for (_, params, _), found, (_, group_sharing, *_), *stepped in zip(
+        for (_, params), found, (_, group_sharing, *_), *stepped in zip(
             work, layouts, layout, new_values, new_arrays, new_counters, new_flats
         ):
             group_values, group_arrays, group_counters, group_flats = stepped

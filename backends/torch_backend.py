@@ -94,6 +94,9 @@ class TorchBackend:
     def assemble(self, structure: None, values: list) -> list:
         return list(values)
 
+    def profiled(self, name: str) -> torch.autograd.profiler.record_function:
+        return torch.autograd.profiler.record_function(name)
+
     def run_closure(self, closure: Callable, params: Any) -> tuple[Any, None]:
         with torch.enable_grad():
             return closure(), None
@@ -175,9 +178,11 @@ class TorchBackend:
         ]
         return rule.step_scalars(self.ops, HostMath, steps)
 
-    def apply(self, rule: Rule, work: list, state: dict, memory: dict) -> None:
-        for group, params, h in work:
+    def apply(self, rule: Rule, work: list, state: dict, memory: dict, host_h: Callable[..., Any]) -> None:
+        for group, params in work:
             differentiable = bool(group.get("differentiable", False))
+            foreach = self.foreach(group, params)
+            h = host_h(group, foreach=foreach)
             # As torch.optim's step (``_use_grad_for_differentiable``): autograd records the step
             # exactly when it is differentiable, and _step_each reads that mode as the decision.
             with torch.set_grad_enabled(differentiable):
@@ -186,7 +191,6 @@ class TorchBackend:
                 elif differentiable:
                     h = self._recorded_scalars(rule, group, h)
                 else:
-                    foreach = self.foreach(group, params)
                     params = torch_plan.step_group(self, rule, params, h, state, memory, foreach)
                 self._step_each(rule, params, h, state)
 

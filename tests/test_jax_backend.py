@@ -82,6 +82,15 @@ def test_non_array_leaves_are_named():
         optimizers.SGD({}, backend="jax")
 
 
+def test_a_step_is_a_range_in_jax_profiler_traces_named_as_torch_optim_names_it(tmp_path):
+    opt = optimizers.Adam(tree())
+    opt.step(ones_like(opt.params))  # compiled before the trace
+    with jax.profiler.trace(str(tmp_path)):
+        opt.step(ones_like(opt.params))
+    (trace,) = tmp_path.glob("plugins/profile/*/*.xplane.pb")
+    assert b"Optimizer.step#Adam.step" in trace.read_bytes()
+
+
 def test_hyperparameters_are_validated_with_torch_messages():
     with pytest.raises(ValueError, match="^Invalid learning rate: -1.0$"):
         optimizers.SGD(tree(), lr=-1.0)

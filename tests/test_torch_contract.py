@@ -380,6 +380,18 @@ def test_hooks_run_in_torch_order():
     assert record(optimizers.SGD) == record(torch.optim.SGD)
 
 
+def test_a_step_is_a_profiler_range_named_as_torch_optim_names_it():
+    def ranges(opt_class):
+        p = torch.nn.Parameter(torch.ones(2))
+        opt = opt_class([p], lr=0.1)
+        p.grad = torch.ones(2)
+        with torch.profiler.profile() as profile:
+            opt.step()
+        return {event.name for event in profile.events() if event.name.startswith("Optimizer.")}
+
+    assert ranges(optimizers.SGD) == ranges(torch.optim.SGD) == {"Optimizer.step#SGD.step"}
+
+
 def test_a_pre_hook_can_replace_the_step_arguments():
     p = torch.nn.Parameter(torch.ones(1))
     opt = optimizers.SGD([p], lr=0.1)
