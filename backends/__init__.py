@@ -246,9 +246,10 @@ class Backend(Protocol):
         group's switches and coefficients evaluated on the host, for a backend that runs the
         rule there (``foreach``: whether the group steps as multi-tensor operations); a backend
         that computes them inside its compiled step need not call it.  Every parameter in
-        ``work`` has a gradient and an initialized state.  ``memory`` is the optimizer's dict for what the backend keeps
-        between steps (the torch backend's fused buckets); the optimizer empties it whenever
-        its parameters or state are replaced.
+        ``work`` has a gradient and an initialized state.  ``memory`` is the optimizer's dict
+        for what the backend keeps between steps (the torch backend's fused buckets, the JAX
+        backend's flat buckets); the optimizer empties it whenever its parameters or state are
+        replaced.
         """
 
     def settle(self, memory: dict) -> None:
