@@ -88,8 +88,7 @@ class Layout:
         self.params = params
         self.switches = switches
         self.buckets = buckets
-        bucketed = {i for bucket in buckets for i in bucket.members}
-        self.loose = [i for i in range(len(params)) if i not in bucketed]
+        self.loose = loose(len(params), [bucket.members for bucket in buckets])
 
     def holds(self, params: list, switches: tuple, state: dict) -> bool:
         """Whether the next step over ``params`` can step as this layout says."""
@@ -99,6 +98,12 @@ class Layout:
             and all(bucket.holds(params, state) for bucket in self.buckets)
             and not any(isinstance(params[i].grad, sparse.BCOO) for bucket in self.buckets for i in bucket.members)
         )
+
+
+def loose(count: int, buckets: list[tuple[int, ...]]) -> list[int]:
+    """The indices, of ``count`` parameters, in none of ``buckets`` (each a tuple of members)."""
+    bucketed = {i for members in buckets for i in members}
+    return [i for i in range(count) if i not in bucketed]
 
 
 def layout(rule: Rule, switches: tuple, numbers: dict, params: list, state: dict, memory: dict) -> Layout:

@@ -20,7 +20,7 @@ import numpy as np
 from jax._src.lax.lax import _convert_element_type  # the one way to make a traced value weakly typed
 from jax.experimental import sparse
 
-from backends import INITIALIZED, GroupStep, Rule, Scalars, initial_state, numbers, run_update, widened
+from backends import INITIALIZED, GroupStep, Rule, Scalars, initial_state, jax_buckets, numbers, run_update, widened
 from backends.jax_backend import BACKEND
 from backends.jax_ops import JaxOps, TracedMath
 
@@ -128,9 +128,8 @@ def _traced_step(rule, layout, numbers, values, grads, arrays, counters, flats):
         group_values, group_grads, group_arrays, group_counters, group_flats = group
         shared = _shared(rule, group_switches, group_numbers)
         schedules = [_schedule(rule, shared, held) for held in group_counters]
-        bucketed = {i for members in group_buckets for i in members}
-        loose = [i for i in range(len(group_grads)) if i not in bucketed]
         stepped_values, stepped_arrays = {}, []
+        loose = jax_buckets.loose(len(group_grads), group_buckets)
         for i, value, leaf_arrays in zip(loose, group_values, group_arrays):
             scheduled = schedules[group_sharing[i]][0]
             stepped_values[i], leaf_arrays = _leaf_step(rule, shared, scheduled, value, group_grads[i], leaf_arrays)

@@ -273,7 +273,7 @@ def _program_of(optimizer, grads) -> Callable[[], None]:
     import jax
     import jax.numpy as jnp
 
-    from backends import jax_functional
+    from backends import jax_buckets, jax_functional
 
     compiled, captured = jax_functional.step, {}
 
@@ -292,12 +292,15 @@ def _program_of(optimizer, grads) -> Callable[[], None]:
     rule, layout = captured["static"]
     numbers, values, step_grads, arrays, counters, flats = captured["arrays"]
     box = {"values": values, "arrays": arrays, "flats": flats}
+    # The step returns every parameter's new value; it takes those of the parameters in no bucket.
+    loose = [jax_buckets.loose(len(sharing), buckets) for _, sharing, buckets in layout]
 
     def program():
-        box["values"], box["arrays"], _, box["flats"] = compiled(
+        new_values, box["arrays"], _, box["flats"] = compiled(
             rule, layout, numbers, box["values"], step_grads, box["arrays"], counters, box["flats"]
         )
-        jax.block_until_ready(box["values"])
+        box["values"] = [[group[i] for i in indices] for group, indices in zip(new_values, loose)]
+        jax.block_until_ready(new_values)
 
     return program
 

@@ -98,3 +98,16 @@ def test_the_first_fused_step_is_timed_cold_and_warm(capsys):
     figures = results["tiny"]["SGD"]
     assert set(figures) == {"cold_first_step_s", "warm_first_step_s", "third_step_s"}
     assert all(seconds > 0 for seconds in figures.values())
+
+
+def test_the_jax_program_contender_calls_the_program_the_step_compiled():
+    """``ours jax program`` steps again with the arguments of the step's own program, whose values
+    are those of parameters in no bucket (here a large one between two small ones): no new
+    compilation, no mismatched shapes."""
+    from backends import jax_functional
+
+    contenders = step_time._jax_contenders("Adam", [(8,), (256, 128), (8,)], seed=0)
+    compiled = jax_functional.step._cache_size()
+    for _ in range(2):
+        contenders["ours jax program"]()
+    assert jax_functional.step._cache_size() == compiled
