@@ -462,7 +462,7 @@ class Optimizer(torch.optim.Optimizer):
                 counters = {key: group[key] for key in self.group_counters}  # as stored: k stays an int
                 group.update(self.advance_group(backends.HostMath, {**numbers, **counters, **found}))
         if stepping:
-            work = [({**group, **found}, params) for group, params in stepping] if found else stepping
+            work = [({**group, **found}, params) for group, params in stepping]
             self._backend.apply(self._rule, work, self._held_state, self._backend_memory, self._host_scalars)
         return loss
 
